@@ -1,0 +1,5 @@
+import sys
+
+from klingflow.cli import main
+
+sys.exit(main())

@@ -1,0 +1,141 @@
+"""The command line: `main(argv) -> int`, one small function per subcommand.
+
+This is the only module that prints or chooses an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from klingflow import __version__
+from klingflow.errors import EXIT_BUG, EXIT_INVALID, EXIT_OK, KlingflowError, PipelineError
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from klingflow.spec import load_pipeline
+
+    problems = []
+    for path in args.pipelines:
+        try:
+            pipeline = load_pipeline(Path(path))
+        except PipelineError as exc:
+            problems.extend(exc.problems)
+        else:
+            print(f"{path}: ok ({len(pipeline.steps)} steps)")
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(_count(len(problems), "problem"), "found", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from klingflow.schema_files import schema_text
+
+    sys.stdout.write(schema_text(args.name))
+    return EXIT_OK
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from klingflow.plan import build_plan, format_plan
+    from klingflow.spec import load_pipeline
+
+    plan = build_plan(load_pipeline(Path(args.pipeline)))
+    if args.json:
+        print(json.dumps(plan.to_json(), indent=2))
+    else:
+        print(format_plan(plan))
+    return EXIT_OK
+
+
+def _cmd_sim_serve(args: argparse.Namespace) -> int:
+    from klingflow.sim.server import serve
+
+    serve(host=args.host, port=args.port, token=args.token, accounts=args.account,
+          seed=args.seed, faults=args.faults, speed=args.speed)
+    return EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="klingflow",
+        description="Run version-controlled YAML pipelines of Kling video generations.")
+    parser.add_argument("--version", action="version", version=f"klingflow {__version__}")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the Python traceback of an unexpected error")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check pipeline files; print every problem")
+    p.add_argument("pipelines", nargs="+", metavar="PIPELINE")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("plan", help="dry run: the requests, their order and their cost")
+    p.add_argument("pipeline", metavar="PIPELINE")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("schema", help="print a JSON Schema (default: the pipeline file's)")
+    p.add_argument("name", nargs="?", default="pipeline", choices=("pipeline", "plan", "report"))
+    p.set_defaults(func=_cmd_schema)
+
+    _add_run_parser(sub)
+    _add_sim_parser(sub)
+    return parser
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from klingflow.run_cli import add_run_arguments, cmd_run
+
+    p = sub.add_parser("run", help="run a pipeline (on the simulator with --sim)")
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_run)
+
+
+def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sim = sub.add_parser("sim", help="the embedded simulator of the useapi.net Kling API")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
+    p = sim_sub.add_parser("serve", help="serve the simulator on 127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--token", default="test-token", help="the API token clients must send")
+    p.add_argument("--account", action="append", default=[], metavar="EMAIL:MAX_JOBS",
+                   help="a Kling account (repeatable); default one account")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
+    p.add_argument("--faults", default="", metavar="KIND=RATE,...",
+                   help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02,slow=0.05,expire=0.05")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="time scale: 2 makes tasks finish twice as fast")
+    p.set_defaults(func=_cmd_sim_serve)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except PipelineError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(_count(len(exc.problems), "problem"), "found", file=sys.stderr)
+        return exc.exit_code
+    except KlingflowError as exc:
+        print(f"klingflow: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception:
+        if args.traceback:
+            raise
+        import traceback
+
+        last = traceback.format_exc().strip().splitlines()[-1]
+        print(f"klingflow: unexpected error (a bug): {last}\n"
+              "Run again with --traceback to see where.", file=sys.stderr)
+        return EXIT_BUG

@@ -1,0 +1,145 @@
+"""The exception tree and the exit codes.
+
+Every error that a user can cause is a `KlingflowError`; anything else that
+escapes to the CLI is a bug (exit 3). Messages are product: they say where,
+what was found, what was expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+EXIT_OK = 0
+EXIT_STEP_FAILED = 1
+EXIT_INVALID = 2
+EXIT_BUG = 3
+EXIT_INTERRUPTED = 130
+
+
+class KlingflowError(Exception):
+    """Base of every error klingflow raises on purpose."""
+
+    exit_code = EXIT_INVALID
+
+
+class UsageError(KlingflowError):
+    """Bad command-line use or environment (no token, unknown run directory...)."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """One located problem in a pipeline file: `FILE:LINE:COL: PATH: MESSAGE`.
+
+    `line` and `col` are 1-based; `path` is the document path such as
+    `steps[2] (id: b-roll).duration`, or `<document>` for the file as a whole.
+    """
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}: {self.path}: {self.message}"
+
+
+class PipelineError(KlingflowError):
+    """A pipeline file that cannot be used; carries every problem found, sorted."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        count = len(self.problems)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} found")
+
+
+# ---- errors of the useapi.net API, one per row of its error table ---------------
+
+
+@dataclass(eq=False)
+class ApiError(KlingflowError):
+    """An HTTP exchange with the API that did not give what was asked.
+
+    Carries the context a user needs; never the token.
+    """
+
+    message: str
+    status: int | None = None
+    method: str = ""
+    url: str = ""
+    task_id: int | None = None
+    retryable: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, str(self))
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.url}".strip()
+        status = f"HTTP {self.status}" if self.status is not None else "no response"
+        task = f" (task {self.task_id})" if self.task_id is not None else ""
+        return f"{where}: {status}: {self.message}{task}" if where else f"{status}: {self.message}{task}"
+
+    @property
+    def category(self) -> str:
+        """A short stable name for reports: `bad_request`, `moderation`, ..."""
+        return _CATEGORIES.get(type(self), "api_error")
+
+
+class BadRequestError(ApiError):
+    """400: a field or value the service rejects. Fail the step."""
+
+
+class UnauthorizedError(ApiError):
+    """401: a wrong API token. Stops the whole run."""
+
+    exit_code = EXIT_INVALID
+
+
+class PaymentRequiredError(ApiError):
+    """402: no useapi.net subscription. Stops the whole run."""
+
+
+class NotFoundError(ApiError):
+    """404: an asset Kling cannot find (POST) or a task that is gone (poll)."""
+
+
+class RateLimitedError(ApiError):
+    """429: every eligible account is busy. Wait (Retry-After if given) and try again."""
+
+    retry_after: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.retryable = True
+
+
+class ModerationError(ApiError):
+    """500 whose error text is a content-moderation refusal. Fails the step for good."""
+
+
+class ServerError(ApiError):
+    """500 that is not moderation, 502/503/504: a GET may retry; a POST's outcome is unknown."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.retryable = True
+
+
+class TransportError(ApiError):
+    """No usable response (timeout, connection reset). A POST's outcome is unknown."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.retryable = True
+
+
+_CATEGORIES: dict[type, str] = {
+    BadRequestError: "bad_request",
+    UnauthorizedError: "unauthorized",
+    PaymentRequiredError: "payment_required",
+    NotFoundError: "not_found",
+    RateLimitedError: "rate_limited",
+    ModerationError: "moderation",
+    ServerError: "server_error",
+    TransportError: "transport",
+}

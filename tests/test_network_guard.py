@@ -1,0 +1,28 @@
+import socket
+
+import httpx
+import pytest
+
+from tests.conftest import NetworkGuardError
+
+
+def test_outside_connections_fail() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with pytest.raises(NetworkGuardError, match="only connect to 127.0.0.1"):
+        sock.connect(("93.184.216.34", 443))
+    sock.close()
+
+
+def test_outside_names_are_not_resolved() -> None:
+    with pytest.raises((NetworkGuardError, httpx.ConnectError)):
+        httpx.get("https://api.useapi.net/v1/kling/accounts", timeout=2)
+
+
+def test_loopback_is_allowed() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.socket()
+    client.connect(server.getsockname())
+    client.close()
+    server.close()
