@@ -10,9 +10,18 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from klingflow import __version__
-from klingflow.errors import EXIT_BUG, EXIT_INVALID, EXIT_OK, KlingflowError, PipelineError
+from klingflow.errors import (
+    EXIT_BUG,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_STEP_FAILED,
+    KlingflowError,
+    PipelineError,
+)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -51,6 +60,32 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(format_plan(plan))
     return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from klingflow.runner import run_pipeline
+
+    report = run_pipeline(args)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        from klingflow.report import format_report
+
+        print(format_report(report))
+    return _run_exit_code(report)
+
+
+def _run_exit_code(report: dict[str, Any]) -> int:
+    status = report["status"]
+    if status == "succeeded":
+        return EXIT_OK
+    if status == "interrupted":
+        print("klingflow: interrupted; continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if status == "aborted":
+        print(f"klingflow: run stopped: {report['error']}", file=sys.stderr)
+        return EXIT_INVALID
+    return EXIT_STEP_FAILED
 
 
 def _cmd_sim_serve(args: argparse.Namespace) -> int:
@@ -93,11 +128,32 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from klingflow.run_cli import add_run_arguments, cmd_run
-
-    p = sub.add_parser("run", help="run a pipeline (on the simulator with --sim)")
-    add_run_arguments(p)
-    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("run", help="run a pipeline (on the embedded simulator with --sim)")
+    p.add_argument("pipeline", metavar="PIPELINE")
+    p.add_argument("--sim", action="store_true",
+                   help="run on the embedded simulator (no credits spent)")
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="where run directories go: DIR/NAME/RUN-ID (default: runs)")
+    p.add_argument("--max-jobs", type=int, metavar="N", help="cap on tasks in flight in the run")
+    p.add_argument("--poll-interval", type=float, metavar="SECONDS",
+                   help="seconds between polls (default 15; 0.2 on the simulator)")
+    p.add_argument("--fail-fast", action="store_true",
+                   help="stop submitting new steps after the first failure")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_DIR",
+                   help="continue the latest run (or RUN_DIR), re-attaching to its tasks")
+    p.add_argument("--force", action="append", default=[], metavar="STEP",
+                   help="regenerate STEP and what depends on it, even if cached")
+    p.add_argument("--force-all", action="store_true", help="regenerate every step")
+    p.add_argument("--budget", type=int, metavar="CREDITS",
+                   help="refuse any submit that would take the run past this many credits")
+    sim = p.add_argument_group("simulator options (with --sim)")
+    sim.add_argument("--sim-seed", type=int, default=0, metavar="N")
+    sim.add_argument("--sim-faults", default="", metavar="KIND=RATE,...",
+                     help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02")
+    sim.add_argument("--sim-speed", type=float, default=1.0, metavar="X",
+                     help="make simulated tasks finish X times faster")
+    p.set_defaults(func=_cmd_run)
 
 
 def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,0 +1,590 @@
+"""The executor: runs a checked pipeline on anyio within its limits.
+
+A step starts as soon as every step it needs is done. Tasks in flight are capped
+per account and for the whole run (`Slots`). Each generation POST is journalled
+before and after it; a POST whose outcome is unknown is recovered (GET
+scheduler by replyRef, then GET tasks) before anything is sent again. Results
+come back as `StepResult`s; this module never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from klingflow import media
+from klingflow.client import KlingClient, Task
+from klingflow.errors import (
+    ApiError,
+    KlingflowError,
+    NotFoundError,
+    PaymentRequiredError,
+    RateLimitedError,
+    ServerError,
+    TransportError,
+    UnauthorizedError,
+)
+from klingflow.plan import endpoint_of, request_body
+from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
+from klingflow.store import Cache, CacheEntry, Journal, JournalState, canonical_hash, sha256_file
+
+SUCCEEDED, FAILED, SKIPPED, CACHED = "succeeded", "failed", "skipped", "cached"
+NOT_RUN, INTERRUPTED = "not_run", "interrupted"
+FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED, CACHED, NOT_RUN, INTERRUPTED)
+OUTPUT_FILES = {"video": ".mp4", "first_frame": ".first.png", "last_frame": ".last.png"}
+_IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                ".mp4": "video/mp4"}
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    max_jobs: int | None = None  # whole-run cap; None: the pipeline's limits.max_jobs
+    poll_interval: float = 15.0
+    fail_fast: bool = False
+    budget: int | None = None  # credits; None: the pipeline's limits.budget
+    force: frozenset[str] = frozenset()  # step ids to regenerate even when cached
+    backend: str = "useapi"  # part of every cache key: "sim" clips never serve real runs
+    max_rate_limit_wait: float = 600.0  # seconds one step may spend waiting out 429s
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    path: Path
+    sha256: str
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What happened to one step. Mutable while the run goes; read-only after."""
+
+    step_id: str
+    status: str = "pending"
+    task_id: int | None = None
+    account: str | None = None
+    attempts: int = 0
+    error_category: str | None = None
+    error: str | None = None
+    queued_at: float | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    credits: int = 0
+    key: str | None = None
+    outputs: dict[str, OutputFile] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change the progress display may show."""
+
+    step_id: str
+    status: str
+    detail: str = ""
+
+
+class StepFailed(KlingflowError):
+    def __init__(self, category: str, message: str) -> None:
+        super().__init__(message)
+        self.category = category
+
+
+class RunAborted(KlingflowError):
+    """A condition that stops the whole run (401, 402)."""
+
+    def __init__(self, cause: ApiError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.exit_code = cause.exit_code
+
+
+class Slots:
+    """Tasks in flight: at most `max_jobs` per account and `total` in the run.
+
+    An account alias of None stands for "the only account" of a pipeline
+    without `accounts`. A step without an account takes any account with room.
+    """
+
+    def __init__(self, per_account: Mapping[str | None, int], total: int | None) -> None:
+        self._limit = dict(per_account)
+        self._used = dict.fromkeys(per_account, 0)
+        self._total = total
+        self._condition = anyio.Condition()
+
+    def _free(self, preferred: str | None, any_account: bool) -> str | bool | None:
+        if self._total is not None and sum(self._used.values()) >= self._total:
+            return False
+        candidates = list(self._limit) if any_account else [preferred]
+        room = [a for a in candidates if self._used[a] < self._limit[a]]
+        return min(room, key=lambda a: self._used[a] / self._limit[a]) if room else False
+
+    async def acquire(self, preferred: str | None, *, any_account: bool) -> str | None:
+        async with self._condition:
+            while (alias := self._free(preferred, any_account)) is False:
+                await self._condition.wait()
+            self._used[alias] += 1  # type: ignore[index]
+            return alias  # type: ignore[return-value]
+
+    def take(self, alias: str | None) -> None:
+        """Count a task already running (found on resume), even past the limit."""
+        self._used[alias] += 1
+
+    async def release(self, alias: str | None) -> None:
+        async with self._condition:
+            self._used[alias] -= 1
+            self._condition.notify_all()
+
+    def in_use(self, alias: str | None) -> int:
+        return self._used[alias]
+
+
+class Budget:
+    """Credits reserved before each submit; a submit that would cross the cap is refused."""
+
+    def __init__(self, cap: int | None, spent: int = 0) -> None:
+        self.cap = cap
+        self.reserved = spent
+
+    def reserve(self, step_id: str, credits: int | None) -> None:
+        if self.cap is None:
+            return
+        if credits is None:
+            raise StepFailed("budget", f"the price of {step_id} is unknown, so it cannot be "
+                             "reserved against the budget; add it under prices:")
+        if self.reserved + credits > self.cap:
+            raise StepFailed("budget", f"submitting {step_id} ({credits} credits) would cross "
+                             f"the budget: {self.reserved} of {self.cap} credits already "
+                             "reserved; nothing was sent")
+        self.reserved += credits
+
+    def refund(self, credits: int | None) -> None:
+        if self.cap is not None and credits:
+            self.reserved -= credits
+
+
+class Executor:
+    """Runs the steps of one pipeline into one run directory."""
+
+    def __init__(self, *, pipeline: Pipeline, order: Sequence[Step],
+                 credits: Mapping[str, int | None], client: KlingClient, run_dir: Path,
+                 journal: Journal, cache: Cache, options: RunOptions,
+                 prior: JournalState | None = None,
+                 on_event: Callable[[Event], None] = lambda event: None) -> None:
+        self.pipeline = pipeline
+        self.order = list(order)
+        self.credits = credits
+        self.client = client
+        self.run_dir = run_dir
+        self.journal = journal
+        self.cache = cache
+        self.options = options
+        self.prior = prior or JournalState()
+        self.on_event = on_event
+        self.results = {s.id: StepResult(s.id) for s in self.order}
+        self._done = {s.id: anyio.Event() for s in self.order}
+        self._slots = self._make_slots()
+        self._budget = Budget(options.budget if options.budget is not None else pipeline.budget)
+        self._uploads: dict[str, str] = dict(self.prior.uploads)
+        self._upload_locks: dict[str, anyio.Lock] = {}
+        self._claimed: set[int] = set()
+        self._stopping = False
+        self.aborted: RunAborted | None = None
+        self._rng = random.Random()
+
+    # ---- the run ------------------------------------------------------------------
+
+    async def run(self) -> dict[str, StepResult]:
+        self._count_running_tasks()
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                for step in self.order:
+                    group.start_soon(self._run_step, step)
+        finally:
+            self._close_unfinished()
+        return self.results
+
+    def stop_submitting(self) -> None:
+        """No new submissions (fail-fast, Ctrl-C); tasks already paid for go on."""
+        self._stopping = True
+
+    def _make_slots(self) -> Slots:
+        total = self.options.max_jobs or self.pipeline.max_jobs
+        if not self.pipeline.accounts:
+            return Slots({None: total or 1}, total)
+        return Slots({a.alias: a.max_jobs for a in self.pipeline.accounts.values()}, total)
+
+    def _count_running_tasks(self) -> None:
+        """On resume, tasks still running count against their account's limit."""
+        for step_id, sub in self.prior.submissions.items():
+            if step_id in self.results and step_id not in self.prior.finished:
+                self._slots.take(sub.account)
+
+    def _close_unfinished(self) -> None:
+        for result in self.results.values():
+            if result.status not in FINAL_STATUSES:
+                result.status = INTERRUPTED if result.task_id is not None else NOT_RUN
+                result.finished_at = result.finished_at or time.time()
+
+    async def _run_step(self, step: Step) -> None:
+        result = self.results[step.id]
+        result.queued_at = time.time()
+        try:
+            await self._run_when_ready(step, result)
+        except StepFailed as failure:
+            self._finish(result, FAILED, failure.category, str(failure))
+            self.journal.write({"event": "failed", "step": step.id, "category": failure.category,
+                                "message": str(failure)})
+            if self.options.fail_fast:
+                self.stop_submitting()
+        except RunAborted as abort:
+            self.aborted = self.aborted or abort
+            self._finish(result, FAILED, abort.cause.category, str(abort))
+            self.stop_submitting()
+            self._group.cancel_scope.cancel()
+        finally:
+            self._done[step.id].set()
+
+    async def _run_when_ready(self, step: Step, result: StepResult) -> None:
+        for need in step.needs:
+            await self._done[need].wait()
+        blocked = [n for n in step.needs if self.results[n].status not in (SUCCEEDED, CACHED)]
+        if blocked:
+            reason = f"needs {blocked[0]}, which {self.results[blocked[0]].status.replace('_', ' ')}"
+            self._finish(result, SKIPPED, None, reason)
+            return
+        await self._execute(step, result)
+
+    def _finish(self, result: StepResult, status: str, category: str | None,
+                message: str | None) -> None:
+        result.status, result.error_category, result.error = status, category, message
+        result.finished_at = time.time()
+        self.on_event(Event(result.step_id, status, message or ""))
+
+    # ---- one step ----------------------------------------------------------------
+
+    async def _execute(self, step: Step, result: StepResult) -> None:
+        key, request = self.request_key(step)
+        result.key = key
+        if self._restore_finished(step, result, key):
+            return
+        with_claim = await anyio.to_thread.run_sync(self._claim_blocking, key)
+        try:
+            if step.id not in self.options.force and self._restore_cached(step, result, key):
+                return
+            if self._stopping:
+                self._finish(result, NOT_RUN, None, "not submitted: the run was stopping")
+                return
+            await self._generate(step, result, key, request)
+        finally:
+            with_claim.close()
+
+    def _claim_blocking(self, key: str) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.cache.claim(key))
+        return stack
+
+    def request_key(self, step: Step) -> tuple[str, dict[str, Any]]:
+        """The step's cache key: its canonical request, inputs replaced by content hashes."""
+        body = request_body(step, self.pipeline, self._content_hash, email=None)
+        request = {"endpoint": endpoint_of(step), "body": body, "backend": self.options.backend}
+        return canonical_hash(request), request
+
+    def _content_hash(self, ref: Ref) -> str:
+        if ref.scope == "inputs":
+            source = self.pipeline.inputs[ref.name]
+            return f"sha256:{self._file_hash(source.path)}" if source.path else str(source.url)
+        return f"sha256:{self.results[ref.name].outputs[ref.attr or 'video'].sha256}"
+
+    def _file_hash(self, path: Path) -> str:
+        return sha256_file(path)
+
+    def _restore_finished(self, step: Step, result: StepResult, key: str) -> bool:
+        """On resume: a step this run directory already finished is not done again."""
+        done = self.prior.finished.get(step.id)
+        if not done or done.get("event") not in ("succeeded", "cached") or done.get("key") != key:
+            return False
+        outputs = {a: OutputFile(self.run_dir / p, s) for a, (p, s) in done["outputs"].items()}
+        if not all(o.path.exists() for o in outputs.values()):
+            return False
+        result.outputs, result.task_id = outputs, done.get("task_id")
+        result.account, result.credits = done.get("account"), int(done.get("credits") or 0)
+        result.attempts = self.prior.attempts.get(step.id, 0)
+        self._finish(result, SUCCEEDED if done["event"] == "succeeded" else CACHED, None, None)
+        return True
+
+    def _restore_cached(self, step: Step, result: StepResult, key: str) -> bool:
+        entry = self.cache.lookup(key)
+        if entry is None:
+            return False
+        for attr, sha in entry.outputs.items():
+            dest = self.run_dir / f"{step.id}{OUTPUT_FILES[attr]}"
+            self.cache.restore(sha, dest)
+            result.outputs[attr] = OutputFile(dest, sha)
+        result.task_id, result.account = entry.task_id, entry.account
+        self._record_success(step, result, "cached")
+        return True
+
+    async def _generate(self, step: Step, result: StepResult, key: str,
+                        request: Mapping[str, Any]) -> None:
+        credits = self.credits.get(step.id)
+        self._budget.reserve(step.id, credits)
+        try:
+            task, email, alias = await self._submit_and_wait(step, result, key)
+        except BaseException:
+            if result.task_id is None:
+                self._budget.refund(credits)
+            raise
+        result.credits = credits or 0
+        await self._collect(step, result, task, email)
+        self.cache.store(CacheEntry(key, task.id, alias, credits,
+                                    {a: o.sha256 for a, o in result.outputs.items()}, request),
+                         {a: o.path for a, o in result.outputs.items()})
+        self._record_success(step, result, "succeeded")
+
+    def _record_success(self, step: Step, result: StepResult, event: str) -> None:
+        outputs = {a: [o.path.name, o.sha256] for a, o in result.outputs.items()}
+        self.journal.write({"event": event, "step": step.id, "key": result.key,
+                            "task_id": result.task_id, "account": result.account,
+                            "credits": result.credits, "outputs": outputs})
+        self._finish(result, SUCCEEDED if event == "succeeded" else CACHED, None, None)
+
+    # ---- submitting and waiting ------------------------------------------------
+
+    async def _submit_and_wait(self, step: Step, result: StepResult,
+                               key: str) -> tuple[Task, str | None, str | None]:
+        """Hold a slot from submit until the task is final; returns (task, email, alias)."""
+        alias, task = await self._reattach(step, result, key)
+        if task is None:
+            alias, task = await self._submit(step, result, key)
+        email = self._email(alias)
+        try:
+            task = await self._wait_final(step, task, email)
+        finally:
+            await self._slots.release(alias)
+        if task.failed:
+            category = "moderation" if "violate" in task.error.lower() else "generation_failed"
+            raise StepFailed(category, f"task {task.id} failed: "
+                             f"{task.error or task.message or task.status_name}")
+        return task, email, alias
+
+    async def _reattach(self, step: Step, result: StepResult,
+                        key: str) -> tuple[str | None, Task | None]:
+        """On resume: find the task an earlier POST of this step may have created."""
+        sub = self.prior.submissions.get(step.id)
+        if sub is None or step.id in self.prior.finished or sub.key != key:
+            return None, None
+        result.attempts = self.prior.attempts.get(step.id, 0)
+        task_id = sub.task_id or await self._recover(step, sub.reply_ref, sub.email, sub.at_ms)
+        if task_id is None:
+            await self._slots.release(sub.account)
+            return None, None
+        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref)
+        return sub.account, await self._get_task(task_id, sub.email)
+
+    async def _submit(self, step: Step, result: StepResult,
+                      key: str) -> tuple[str | None, Task]:
+        """POST until a task exists, never paying twice; returns with a slot held."""
+        rate_limited_since: float | None = None
+        while True:
+            if self._stopping:
+                raise StepFailed("stopped", "not submitted: the run was stopping")
+            alias = await self._slots.acquire(step.account, any_account=step.account is None)
+            try:
+                task = await self._post(step, result, key, alias)
+            except RateLimitedError as busy:
+                await self._slots.release(alias)
+                rate_limited_since = rate_limited_since or anyio.current_time()
+                await self._wait_rate_limit(step, busy, rate_limited_since)
+                continue
+            except BaseException:
+                await self._slots.release(alias)
+                raise
+            if task is not None:
+                return alias, task
+            await self._slots.release(alias)
+
+    async def _post(self, step: Step, result: StepResult, key: str,
+                    alias: str | None) -> Task | None:
+        """One POST with its journal lines; None when it surely created no task."""
+        email = self._email(alias)
+        body = await self._request(step, email)
+        reply_ref = uuid.uuid4().hex
+        at_ms = int(time.time() * 1000)
+        result.attempts += 1
+        self.journal.write({"event": "submitting", "step": step.id, "key": key,
+                            "reply_ref": reply_ref, "account": alias, "email": email,
+                            "at_ms": at_ms})
+        try:
+            task = await self.client.submit(endpoint_of(step), {**body, "replyRef": reply_ref})
+        except (ServerError, TransportError) as unknown:
+            task_id = await self._recover(step, reply_ref, email, at_ms, body)
+            if task_id is None:
+                self._check_retries(step, result, unknown)
+                return None
+            task = await self._get_task(task_id, email)
+        except ApiError as exc:
+            raise self._failure(exc) from exc
+        self._attach(step, result, task.id, alias, email, reply_ref)
+        return task
+
+    def _attach(self, step: Step, result: StepResult, task_id: int, alias: str | None,
+                email: str | None, reply_ref: str) -> None:
+        self._claimed.add(task_id)
+        result.task_id, result.account = task_id, alias
+        result.submitted_at = result.submitted_at or time.time()
+        self.journal.write({"event": "submitted", "step": step.id, "task_id": task_id,
+                            "account": alias, "email": email, "reply_ref": reply_ref})
+        self.on_event(Event(step.id, "submitted", f"task {task_id}"))
+
+    def _check_retries(self, step: Step, result: StepResult, cause: ApiError) -> None:
+        if result.attempts > step.retries:
+            raise StepFailed(cause.category, f"gave up after {result.attempts} attempts: {cause}")
+
+    async def _wait_rate_limit(self, step: Step, busy: RateLimitedError, since: float) -> None:
+        waited = anyio.current_time() - since
+        if waited > self.options.max_rate_limit_wait:
+            raise StepFailed("rate_limited", f"every eligible account stayed busy for "
+                             f"{waited:.0f} s: {busy}")
+        delay = busy.retry_after if busy.retry_after is not None else self._backoff(waited)
+        self.on_event(Event(step.id, "waiting", f"account busy (429); retrying in {delay:.1f} s"))
+        await anyio.sleep(delay)
+
+    def _backoff(self, waited: float) -> float:
+        base = max(self.options.poll_interval, 0.05)
+        return self._rng.uniform(base, base * 2 + min(waited, 10 * base) / 2)
+
+    def _failure(self, exc: ApiError) -> KlingflowError:
+        if isinstance(exc, UnauthorizedError | PaymentRequiredError):
+            return RunAborted(exc)
+        return StepFailed(exc.category, str(exc))
+
+    # ---- recovering a POST whose outcome is unknown -----------------------------
+
+    async def _recover(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
+                       body: Mapping[str, Any] | None = None) -> int | None:
+        """The task a POST created, found by replyRef in GET scheduler, then in GET tasks."""
+        try:
+            for entry in await self.client.scheduler():
+                if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
+                    return entry.task_id
+            if body is None:
+                body = await self._request(step, email)
+            history = await self.client.list_tasks(email=email, created_after_ms=at_ms - 60_000)
+        except ApiError as exc:
+            raise self._failure(exc) if not exc.retryable else StepFailed(
+                "recovery", f"could not tell whether a task was created: {exc}") from exc
+        for task in history:
+            if task.id not in self._claimed and _matches(task, body):
+                return task.id
+        return None
+
+    # ---- polling and collecting -------------------------------------------------
+
+    async def _get_task(self, task_id: int, email: str | None) -> Task:
+        try:
+            return await self.client.get_task(task_id, email=email)
+        except ApiError as exc:
+            raise self._failure(exc) from exc
+
+    async def _wait_final(self, step: Step, task: Task, email: str | None) -> Task:
+        deadline = anyio.current_time() + step.timeout
+        while not task.status_final:
+            if anyio.current_time() > deadline:
+                raise StepFailed("timeout", f"task {task.id} was not done after "
+                                 f"{step.timeout:g} s (the step's timeout)")
+            await anyio.sleep(self.options.poll_interval)
+            task = await self._poll_once(task, email)
+        return task
+
+    async def _poll_once(self, task: Task, email: str | None) -> Task:
+        try:
+            return await self.client.get_task(task.id, email=email)
+        except NotFoundError as gone:
+            raise StepFailed("not_found", f"task {task.id} is gone: {gone}") from gone
+        except ApiError as exc:
+            if exc.retryable:
+                return task  # the client's own retries are used up: try at the next poll
+            raise self._failure(exc) from exc
+
+    async def _collect(self, step: Step, result: StepResult, task: Task,
+                       email: str | None) -> None:
+        video = self.run_dir / f"{step.id}.mp4"
+        await self._download(task, email, video)
+        first = self.run_dir / f"{step.id}.first.png"
+        last = self.run_dir / f"{step.id}.last.png"
+        await anyio.to_thread.run_sync(media.extract_first_frame, video, first)
+        await anyio.to_thread.run_sync(media.extract_last_frame, video, last)
+        for attr, path in (("video", video), ("first_frame", first), ("last_frame", last)):
+            result.outputs[attr] = OutputFile(path, sha256_file(path))
+
+    async def _download(self, task: Task, email: str | None, dest: Path) -> None:
+        """Download at once; a signed URL that expired (403) is refreshed by a new GET."""
+        for attempt in range(4):
+            if task.video is None:
+                raise StepFailed("no_video", f"task {task.id} succeeded without a video")
+            try:
+                await self.client.download(task.video.url, dest)
+                return
+            except (NotFoundError, TransportError, ServerError) as exc:
+                if attempt == 3:
+                    raise StepFailed("download", f"could not download task {task.id}'s video: "
+                                     f"{exc}") from exc
+                task = await self._get_task(task.id, email)
+
+    # ---- inputs ----------------------------------------------------------------
+
+    async def _request(self, step: Step, email: str | None) -> dict[str, Any]:
+        urls = {ref: await self._url_of(ref, email) for ref in _refs_of(step)}
+        return request_body(step, self.pipeline, urls.__getitem__, email=email)
+
+    async def _url_of(self, ref: Ref, email: str | None) -> str:
+        if ref.scope == "inputs":
+            source = self.pipeline.inputs[ref.name]
+            if source.path is None:
+                return str(source.url)
+            return await self._upload(source.path, email)
+        return await self._upload(self.results[ref.name].outputs[ref.attr or "video"].path, email)
+
+    async def _upload(self, path: Path, email: str | None) -> str:
+        """Each file is uploaded at most once per run (by content)."""
+        sha = await anyio.to_thread.run_sync(sha256_file, path)
+        async with self._upload_locks.setdefault(sha, anyio.Lock()):
+            if sha not in self._uploads:
+                content_type = _IMAGE_TYPES.get(path.suffix.lower(), "image/png")
+                try:
+                    asset = await self.client.upload_asset(path.read_bytes(), content_type,
+                                                           email=email)
+                except ApiError as exc:
+                    raise self._failure(exc) from exc
+                self._uploads[sha] = asset.url
+                self.journal.write({"event": "uploaded", "sha256": sha, "url": asset.url})
+        return self._uploads[sha]
+
+    def _email(self, alias: str | None) -> str | None:
+        return self.pipeline.accounts[alias].email if alias is not None else None
+
+
+def _refs_of(step: Step) -> list[Ref]:
+    refs: list[Ref] = []
+    for value in step.params.values():
+        if isinstance(value, Template):
+            refs.extend(r for r in value.refs if r not in refs)
+    return refs
+
+
+def _matches(task: Task, body: Mapping[str, Any]) -> bool:
+    """Whether a task from GET tasks is the one `body` asked for (no replyRef there)."""
+    wanted_urls = {str(body[k]) for k in ("image", "image_tail") if body.get(k)}
+    if not wanted_urls <= set(task.input_urls):
+        return False
+    for field_name, argument in (("prompt", "prompt"), ("effect", "special_effect")):
+        if body.get(field_name) and task.arguments.get(argument) != body[field_name]:
+            return False
+    return True

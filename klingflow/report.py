@@ -1,0 +1,110 @@
+"""The run report: built from the executor's results, rendered as JSON or text.
+
+The reporter never calls the API; it only presents what the executor returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from klingflow.executor import CACHED, SUCCEEDED, StepResult
+from klingflow.schema_files import load_schema
+from klingflow.spec.pipeline import Pipeline
+
+REPORT_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    run_id: str
+    run_dir: Path
+    backend: str
+    status: str  # succeeded | failed | interrupted | aborted
+    error: str | None
+    started_at: float
+    finished_at: float
+
+
+def _iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return dt.datetime.fromtimestamp(moment, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _step_json(result: StepResult, run_dir: Path) -> dict[str, Any]:
+    outputs = {attr: {"path": str(out.path.relative_to(run_dir)) if out.path.is_relative_to(run_dir)
+                      else str(out.path), "sha256": out.sha256}
+               for attr, out in result.outputs.items()}
+    return {
+        "id": result.step_id, "status": result.status, "task_id": result.task_id,
+        "account": result.account, "attempts": result.attempts,
+        "error_category": result.error_category, "error": result.error,
+        "queued_at": _iso(result.queued_at), "submitted_at": _iso(result.submitted_at),
+        "finished_at": _iso(result.finished_at), "credits": result.credits,
+        "key": result.key, "outputs": outputs,
+    }
+
+
+def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
+    by_account: Counter[str] = Counter()
+    for r in results.values():
+        if r.credits:
+            by_account[r.account or "(default)"] += r.credits
+    return {
+        "steps": len(results),
+        "by_status": dict(Counter(r.status for r in results.values())),
+        "credits": sum(r.credits for r in results.values()),
+        "credits_by_account": dict(by_account),
+        "tasks_created": sum(1 for r in results.values()
+                             if r.task_id is not None and r.status != CACHED),
+    }
+
+
+def build_report(pipeline: Pipeline, results: Mapping[str, StepResult],
+                 info: RunInfo) -> dict[str, Any]:
+    """The report document; valid against `schemas/report.schema.json`."""
+    done = {sid for sid, r in results.items() if r.status in (SUCCEEDED, CACHED)}
+    report = {
+        "format": REPORT_FORMAT,
+        "pipeline": {"name": pipeline.name, "path": str(pipeline.path)},
+        "run_id": info.run_id, "run_dir": str(info.run_dir), "backend": info.backend,
+        "status": info.status, "error": info.error,
+        "started_at": _iso(info.started_at), "finished_at": _iso(info.finished_at),
+        "steps": [_step_json(r, info.run_dir) for r in results.values()],
+        "outputs": {o.name: {"concat": list(o.concat),
+                             "status": "ready" if set(o.concat) <= done else "incomplete"}
+                    for o in pipeline.outputs.values()},
+        "totals": _totals(results),
+    }
+    jsonschema.validate(report, load_schema("report"))
+    return report
+
+
+def write_report(report: Mapping[str, Any], run_dir: Path) -> Path:
+    path = run_dir / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    """A short human summary: one line per step that did not simply succeed, then totals."""
+    lines = []
+    for step in report["steps"]:
+        detail = f" [{step['error_category']}] {step['error']}" if step["error"] else ""
+        task = f" task {step['task_id']}" if step["task_id"] is not None else ""
+        lines.append(f"  {step['status']:<11} {step['id']}{task}{detail}")
+    totals = report["totals"]
+    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(totals["by_status"].items()))
+    lines.append(f"{report['pipeline']['name']}: {report['status']} ({counts}); "
+                 f"{totals['credits']} credits spent; report: {report['run_dir']}/report.json")
+    return "\n".join(lines)

@@ -1,0 +1,173 @@
+"""Running a pipeline: wire it to a backend, execute it, write the report.
+
+The backend is the real service (`USEAPI_TOKEN`, `KLINGFLOW_API_BASE`) or, with
+`--sim`, the embedded simulator started on a free 127.0.0.1 port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+from klingflow.client import DEFAULT_API_BASE, KlingClient
+from klingflow.errors import UsageError
+from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions
+from klingflow.plan import Plan, build_plan
+from klingflow.progress import make_progress
+from klingflow.report import RunInfo, build_report, write_report
+from klingflow.spec import load_pipeline
+from klingflow.spec.pipeline import Pipeline
+from klingflow.store import (
+    Cache,
+    Journal,
+    JournalState,
+    default_cache_root,
+    latest_run_dir,
+    new_run_id,
+)
+
+SIM_POLL_INTERVAL = 0.2
+REAL_POLL_INTERVAL = 15.0
+NO_TOKEN = ("no API token: set USEAPI_TOKEN to your useapi.net token to spend real credits, "
+            "or add --sim to run on the embedded simulator")
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str  # "sim" or "useapi"
+    base_url: str
+    token: str
+
+
+def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Load, plan and run the pipeline `args` name; the report (also in the run directory)."""
+    pipeline = load_pipeline(Path(args.pipeline))
+    plan = build_plan(pipeline)
+    if not args.sim and not os.environ.get("USEAPI_TOKEN"):
+        raise UsageError(NO_TOKEN)
+    options = _options(args, pipeline)
+    run_dir, prior = _run_directory(args, pipeline)
+    with _backend(args, pipeline) as backend:
+        return anyio.run(_run, pipeline, plan, backend, run_dir, prior,
+                         RunOptions(**{**_fields(options), "backend": backend.name}))
+
+
+def _fields(options: RunOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in options.__slots__}  # type: ignore[attr-defined]
+
+
+def _options(args: argparse.Namespace, pipeline: Pipeline) -> RunOptions:
+    forced = {s.id for s in pipeline.steps} if args.force_all else _with_dependents(
+        pipeline, set(args.force))
+    interval = args.poll_interval or (SIM_POLL_INTERVAL if args.sim else REAL_POLL_INTERVAL)
+    return RunOptions(max_jobs=args.max_jobs, poll_interval=interval, fail_fast=args.fail_fast,
+                      budget=args.budget, force=frozenset(forced))
+
+
+def _with_dependents(pipeline: Pipeline, forced: set[str]) -> set[str]:
+    known = {s.id for s in pipeline.steps} | {s.base_id for s in pipeline.steps}
+    unknown = sorted(forced - known)
+    if unknown:
+        raise UsageError(f"--force {unknown[0]}: no such step in {pipeline.path}")
+    forced = {s.id for s in pipeline.steps if s.id in forced or s.base_id in forced}
+    for step in pipeline.steps:  # file order is a topological order for references
+        if forced & set(step.needs):
+            forced.add(step.id)
+    return forced
+
+
+def _run_directory(args: argparse.Namespace, pipeline: Pipeline) -> tuple[Path, JournalState]:
+    root = Path(args.out)
+    if args.resume is None:
+        run_dir = root / pipeline.name / new_run_id()
+        run_dir.mkdir(parents=True)
+        return run_dir, JournalState()
+    run_dir = latest_run_dir(root, pipeline.name) if args.resume == "latest" \
+        else Path(args.resume)
+    if run_dir is None or not (run_dir / "journal.jsonl").exists():
+        where = root / pipeline.name if args.resume == "latest" else args.resume
+        raise UsageError(f"--resume: no run with a journal in {where}")
+    return run_dir, Journal.replay(run_dir / "journal.jsonl")
+
+
+@contextlib.contextmanager
+def _backend(args: argparse.Namespace, pipeline: Pipeline) -> Iterator[Backend]:
+    if not args.sim:
+        base = os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE)
+        yield Backend("useapi", base, os.environ["USEAPI_TOKEN"])
+        return
+    from klingflow.sim import SimConfig, running_simulator
+    from klingflow.sim.config import Faults
+
+    token = "sim-" + secrets.token_hex(8)
+    accounts = [(a.email, a.max_jobs) for a in pipeline.accounts.values()]
+    config = SimConfig(token=token, seed=args.sim_seed, faults=Faults.parse(args.sim_faults),
+                       speed=args.sim_speed,
+                       accept_urls={i.url for i in pipeline.inputs.values() if i.url},
+                       **({"accounts": accounts} if accounts else {}))
+    with running_simulator(config) as base_url:
+        yield Backend("sim", base_url, token)
+
+
+async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
+               prior: JournalState, options: RunOptions) -> dict[str, Any]:
+    journal = Journal(run_dir / "journal.jsonl")
+    journal.write({"event": "run", "pipeline": pipeline.name, "backend": backend.name})
+    progress = make_progress([s.id for s in plan.steps])
+    started = time.time()
+    async with httpx.AsyncClient() as http:
+        executor = Executor(
+            pipeline=pipeline, order=[pipeline.step(s.id) for s in plan.steps],
+            credits={s.id: s.credits for s in plan.steps},
+            client=KlingClient(http, token=backend.token, base_url=backend.base_url),
+            run_dir=run_dir, journal=journal, cache=Cache(default_cache_root(pipeline.path)),
+            options=options, prior=prior, on_event=progress)
+        interrupted = await _run_until_interrupted(executor)
+    progress.close()
+    journal.close()
+    status, error = _run_status(executor, interrupted)
+    info = RunInfo(run_id=run_dir.name, run_dir=run_dir, backend=backend.name, status=status,
+                   error=error, started_at=started, finished_at=time.time())
+    report = build_report(pipeline, executor.results, info)
+    write_report(report, run_dir)
+    return report
+
+
+async def _run_until_interrupted(executor: Executor) -> bool:
+    """Run; on Ctrl-C (or SIGTERM) stop at once, so the report can still be written."""
+    interrupted = False
+    async with anyio.create_task_group() as group:
+
+        async def watch_signals() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    executor.stop_submitting()
+                    group.cancel_scope.cancel()
+                    return
+
+        group.start_soon(watch_signals)
+        await executor.run()
+        group.cancel_scope.cancel()
+    return interrupted
+
+
+def _run_status(executor: Executor, interrupted: bool) -> tuple[str, str | None]:
+    if executor.aborted is not None:
+        return "aborted", str(executor.aborted)
+    if interrupted:
+        return "interrupted", "interrupted by the user; continue with --resume"
+    ok = all(r.status in (SUCCEEDED, CACHED) for r in executor.results.values())
+    return ("succeeded", None) if ok else ("failed", None)
