@@ -8,7 +8,7 @@ file is a `MediaError` naming the file; no raw `av` exception leaves this module
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,11 @@ __all__ = [
     "FrameResult",
     "MediaError",
     "VideoInfo",
+    "concat",
+    "extract_first_frame",
+    "extract_last_frame",
     "fit_image",
+    "probe",
     "render_clip",
 ]
 
@@ -289,3 +293,253 @@ def render_clip(
         for frame in _clip_frames(start, end, count, motion, size):
             container.mux(stream.encode(frame))
         _flush(container, stream)
+
+
+# ---- reading ------------------------------------------------------------------------
+
+
+@contextmanager
+def _open_video(
+    path: Path,
+) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """The file's first video stream; every av failure becomes a `MediaError`."""
+    try:
+        container = av.open(str(path))
+    except FileNotFoundError as exc:
+        raise MediaError(path, "no such file") from exc
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(path, f"not a readable video: {_reason(exc)}") from exc
+    with container:
+        if not container.streams.video:
+            raise MediaError(path, "has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            yield container, stream
+        except av.FFmpegError as exc:
+            raise MediaError(path, f"corrupt video data: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def _count_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> int:
+    return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def probe(video: Path) -> VideoInfo:
+    """Size, duration, frame count, frame rate and codec of the first video stream."""
+    with _open_video(video) as (container, stream):
+        ctx = stream.codec_context
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(
+            width=ctx.width,
+            height=ctx.height,
+            duration=_duration(container, stream),
+            frames=stream.frames or _count_frames(container, stream),
+            fps=float(rate) if rate else 0.0,
+            codec=ctx.name,
+        )
+
+
+# ---- colour: each stream converted with its own matrix and range -------------------
+
+# AVColorSpace (what the stream says) -> the swscale matrix that decodes it.
+_MATRIX_BY_AVCOL: dict[int, Colorspace] = {
+    1: Colorspace.ITU709,
+    4: Colorspace.FCC,
+    5: Colorspace.ITU601,  # BT.470BG
+    6: Colorspace.SMPTE170M,  # BT.601 525
+    7: Colorspace.SMPTE240M,
+    9: Colorspace.BT2020,  # BT.2020 non-constant luminance
+    10: Colorspace.BT2020,
+}
+
+
+def _matrix(frame: av.VideoFrame) -> Colorspace:
+    """The frame's matrix; untagged video is BT.709 when HD, BT.601 otherwise (as players do)."""
+    tagged = _MATRIX_BY_AVCOL.get(int(frame.colorspace))
+    if tagged is not None:
+        return tagged
+    return Colorspace.ITU709 if frame.height >= 720 else Colorspace.ITU601
+
+
+def _range(frame: av.VideoFrame) -> ColorRange:
+    """Full range when tagged so (or a yuvj format), else limited: the H.264 default."""
+    if int(frame.color_range) == ColorRange.JPEG or frame.format.name.startswith("yuvj"):
+        return ColorRange.JPEG
+    return ColorRange.MPEG
+
+
+def _to_image(frame: av.VideoFrame) -> Image.Image:
+    matrix = _matrix(frame)
+    return frame.to_image(
+        src_colorspace=matrix,
+        dst_colorspace=matrix,
+        src_color_range=_range(frame),
+        dst_color_range=ColorRange.JPEG,
+    )
+
+
+def _save_png(image: Image.Image, out_png: Path) -> None:
+    """Write the PNG beside its target, then rename: readers never see half a file."""
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_png.with_name(out_png.name + ".part")
+    image.save(partial, format="PNG", compress_level=1)
+    partial.replace(out_png)
+
+
+# ---- first and last frames ----------------------------------------------------------
+
+
+def _pts(frame: av.VideoFrame) -> int:
+    return frame.pts if frame.pts is not None else -(2**62)
+
+
+def _latest(frames: Iterable[av.VideoFrame]) -> tuple[av.VideoFrame | None, int]:
+    """The frame with the largest presentation time, and how many frames were decoded."""
+    best: av.VideoFrame | None = None
+    count = 0
+    for frame in frames:
+        count += 1
+        if best is None or _pts(frame) >= _pts(best):
+            best = frame
+    return best, count
+
+
+def _seek_to_last_keyframe(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> bool:
+    """Position the demuxer on the last keyframe at or before the stream's end."""
+    start = stream.start_time or 0
+    end = start + stream.duration if stream.duration else 2**62
+    try:
+        container.seek(end, backward=True, any_frame=False, stream=stream)
+    except av.FFmpegError:
+        return False
+    return True
+
+
+def _finish(video: Path, out_png: Path, frame: av.VideoFrame | None, count: int) -> FrameResult:
+    if frame is None:
+        raise MediaError(video, "no frame could be decoded")
+    _save_png(_to_image(frame), out_png)
+    return FrameResult(path=out_png, pts_seconds=float(frame.time or 0.0), frames_decoded=count)
+
+
+def extract_first_frame(video: Path, out_png: Path) -> FrameResult:
+    """The first frame shown (the decoder's first output) as a PNG."""
+    with _open_video(video) as (container, stream):
+        frame = next(iter(container.decode(stream)), None)
+        return _finish(video, out_png, frame, 1 if frame is not None else 0)
+
+
+def extract_last_frame(video: Path, out_png: Path) -> FrameResult:
+    """The frame with the largest presentation time as a PNG.
+
+    Seeks to the last keyframe and decodes to the end; decodes the whole stream
+    only when that seek fails or yields nothing. `frames_decoded` counts both.
+    """
+    with _open_video(video) as (container, stream):
+        frame, count = None, 0
+        if _seek_to_last_keyframe(container, stream):
+            frame, count = _latest(container.decode(stream))
+        if frame is not None:
+            return _finish(video, out_png, frame, count)
+    with _open_video(video) as (container, stream):
+        frame, full_count = _latest(container.decode(stream))
+        return _finish(video, out_png, frame, count + full_count)
+
+
+# ---- concatenation ------------------------------------------------------------------
+
+
+def _signature(video: Path) -> tuple[object, ...]:
+    """What must match for clips to be joined without re-encoding."""
+    with _open_video(video) as (_, stream):
+        ctx = stream.codec_context
+        return (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, stream.time_base, ctx.extradata)
+
+
+def _copy_packets(
+    video: Path,
+    output: av.container.OutputContainer,
+    out_stream: av.video.stream.VideoStream,
+    offset: int,
+) -> int:
+    """Append `video`'s packets shifted by `offset` ticks; return the offset after it."""
+    with _open_video(video) as (container, stream):
+        packets = [p for p in container.demux(stream) if p.pts is not None and p.dts is not None]
+        if not packets:
+            raise MediaError(video, "has no video packets")
+        first = min(p.pts for p in packets)
+        end = max(p.pts + (p.duration or 0) for p in packets)
+        for packet in packets:
+            packet.pts += offset - first
+            packet.dts += offset - first
+            packet.stream = out_stream
+            output.mux(packet)
+        return offset + end - first
+
+
+def _remux(videos: Sequence[Path], out: Path) -> None:
+    with av.open(str(out), mode="w", format="mp4") as output:
+        with _open_video(videos[0]) as (_, template):
+            out_stream = output.add_stream_from_template(template)
+        offset = 0
+        for video in videos:
+            offset = _copy_packets(video, output, out_stream, offset)
+
+
+def _reencode(videos: Sequence[Path], out: Path, *, size: tuple[int, int], fps: int) -> None:
+    """Decode every clip, fit it to `size` and encode one stream at `fps`, clip after clip."""
+    with _writer(out, size=size, fps=fps, gop=2 * fps, preset="veryfast", crf=18) as (
+        container,
+        stream,
+    ):
+        base = 0
+        for video in videos:
+            with _open_video(video) as (source, source_stream):
+                length = round(_duration(source, source_stream) * fps)
+                for pts, frame in _retimed(source.decode(source_stream), base, length, fps):
+                    planes = _to_planes(fit_image(_to_image(frame), size))
+                    container.mux(stream.encode(_video_frame(planes, pts)))
+            base += length
+        _flush(container, stream)
+
+
+def _retimed(
+    frames: Iterable[av.VideoFrame], base: int, length: int, fps: int
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Frames placed on the output's frame grid from `base`, one per slot, within `length`."""
+    next_pts = base
+    for frame in frames:
+        pts = base + round(float(frame.time or 0.0) * fps)
+        if next_pts <= pts < base + length:
+            yield pts, frame
+            next_pts = pts + 1
+
+
+def concat(videos: Sequence[Path], out: Path) -> VideoInfo:
+    """Join clips into one MP4: packets copied when every stream matches, else re-encoded."""
+    if not videos:
+        raise ValueError("concat needs at least one video")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    signatures = [_signature(video) for video in videos]
+    if all(signature == signatures[0] for signature in signatures):
+        _remux(videos, out)
+    else:
+        first = probe(videos[0])
+        _reencode(videos, out, size=(first.width, first.height), fps=round(first.fps) or 24)
+    return probe(out)
