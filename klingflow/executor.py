@@ -34,7 +34,8 @@ from klingflow.errors import (
 )
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
-from klingflow.store import Cache, CacheEntry, Journal, JournalState, canonical_hash, sha256_file
+from klingflow.store import Cache, CacheEntry, Journal, JournalState, sha256_file
+from klingflow.verdicts import request_key
 
 SUCCEEDED, FAILED, SKIPPED, CACHED = "succeeded", "failed", "skipped", "cached"
 NOT_RUN, INTERRUPTED = "not_run", "interrupted"
@@ -292,18 +293,8 @@ class Executor:
 
     def request_key(self, step: Step) -> tuple[str, dict[str, Any]]:
         """The step's cache key: its canonical request, inputs replaced by content hashes."""
-        body = request_body(step, self.pipeline, self._content_hash, email=None)
-        request = {"endpoint": endpoint_of(step), "body": body, "backend": self.options.backend}
-        return canonical_hash(request), request
-
-    def _content_hash(self, ref: Ref) -> str:
-        if ref.scope == "inputs":
-            source = self.pipeline.inputs[ref.name]
-            return f"sha256:{self._file_hash(source.path)}" if source.path else str(source.url)
-        return f"sha256:{self.results[ref.name].outputs[ref.attr or 'video'].sha256}"
-
-    def _file_hash(self, path: Path) -> str:
-        return sha256_file(path)
+        return request_key(step, self.pipeline, self.options.backend,
+                           lambda ref: self.results[ref.name].outputs[ref.attr or "video"].sha256)
 
     def _restore_finished(self, step: Step, result: StepResult, key: str) -> bool:
         """On resume: a step this run directory already finished is not done again."""

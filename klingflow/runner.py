@@ -12,7 +12,7 @@ import os
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ import httpx
 
 from klingflow.client import DEFAULT_API_BASE, KlingClient
 from klingflow.errors import UsageError
-from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions
+from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions, StepResult
+from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.plan import Plan, build_plan
 from klingflow.progress import make_progress
 from klingflow.report import RunInfo, build_report, write_report
@@ -101,11 +102,16 @@ def _run_directory(args: argparse.Namespace, pipeline: Pipeline) -> tuple[Path, 
     return run_dir, Journal.replay(run_dir / "journal.jsonl")
 
 
+def backend_name(base_url: str) -> str:
+    """What cache keys call a backend: results of one never serve another."""
+    return "useapi" if base_url.rstrip("/") == DEFAULT_API_BASE else f"api:{base_url.rstrip('/')}"
+
+
 @contextlib.contextmanager
 def _backend(args: argparse.Namespace, pipeline: Pipeline) -> Iterator[Backend]:
     if not args.sim:
         base = os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE)
-        yield Backend("useapi", base, os.environ["USEAPI_TOKEN"])
+        yield Backend(backend_name(base), base, os.environ["USEAPI_TOKEN"])
         return
     from klingflow.sim import SimConfig, running_simulator
     from klingflow.sim.config import Faults
@@ -127,11 +133,12 @@ async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
     progress = make_progress([s.id for s in plan.steps])
     started = time.time()
     async with httpx.AsyncClient() as http:
+        cache = Cache(default_cache_root(pipeline.path))
         executor = Executor(
             pipeline=pipeline, order=[pipeline.step(s.id) for s in plan.steps],
             credits={s.id: s.credits for s in plan.steps},
             client=KlingClient(http, token=backend.token, base_url=backend.base_url),
-            run_dir=run_dir, journal=journal, cache=Cache(default_cache_root(pipeline.path)),
+            run_dir=run_dir, journal=journal, cache=cache,
             options=options, prior=prior, on_event=progress)
         interrupted = await _run_until_interrupted(executor)
     progress.close()
@@ -141,7 +148,23 @@ async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
                    error=error, started_at=started, finished_at=time.time())
     report = build_report(pipeline, executor.results, info)
     write_report(report, run_dir)
+    _update_lock(pipeline, plan, backend.name, cache, executor.results)
     return report
+
+
+def _update_lock(pipeline: Pipeline, plan: Plan, backend: str, cache: Cache,
+                 results: Mapping[str, StepResult]) -> None:
+    """Record what each finished step produced; keep the old entry of a step that did not."""
+    path = lock_path(pipeline.path)
+    previous = read_lock(path)
+    entries = dict(previous.steps) if previous.backend == backend else {}
+    for result in results.values():
+        entry = cache.lookup(result.key) if result.key else None
+        if result.status in (SUCCEEDED, CACHED) and entry is not None:
+            entries[result.step_id] = entry_for(
+                plan, result.step_id, key=entry.key, task_id=entry.task_id,
+                account=entry.account, credits=entry.credits, outputs=entry.outputs)
+    write_lock(path, name=pipeline.name, backend=backend, plan=plan, entries=entries)
 
 
 async def _run_until_interrupted(executor: Executor) -> bool:

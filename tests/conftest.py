@@ -59,3 +59,8 @@ def pytest_configure(config: pytest.Config) -> None:
     socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
     socket.getaddrinfo = _guarded_getaddrinfo
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
