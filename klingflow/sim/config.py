@@ -1,0 +1,91 @@
+"""The simulator's configuration: accounts, token, seed, fault rates, time scale."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+DEFAULT_ACCOUNT = ("sim@example.com", 3)
+
+FAULT_KINDS = ("429", "500", "moderation", "reset", "slow", "expire")
+"""What `--faults` may name; each takes a probability from 0 to 1."""
+
+UrlPredicate = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """Probability of each injected fault (see klingflow.sim.faults for semantics)."""
+
+    rates: dict[str, float] = field(default_factory=dict)
+
+    def rate(self, kind: str) -> float:
+        return self.rates.get(kind, 0.0)
+
+    @classmethod
+    def parse(cls, text: str) -> Faults:
+        """`429=0.1,500=0.05,...` -> Faults; raises ValueError naming the bad part."""
+        rates: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            kind, sep, value = part.partition("=")
+            kind = kind.strip()
+            if not sep or kind not in FAULT_KINDS:
+                raise ValueError(f"fault {part!r}: expected KIND=RATE with KIND one of "
+                                 f"{', '.join(FAULT_KINDS)}")
+            rate = float(value)
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"fault {part!r}: the rate must be from 0 to 1")
+            rates[kind] = rate
+        return cls(rates)
+
+
+def parse_account(text: str) -> tuple[str, int]:
+    """`email:maxJobs` (maxJobs defaults to 1) -> (email, max_jobs)."""
+    email, sep, jobs = text.rpartition(":")
+    if not sep or not jobs.strip().isdigit():
+        return text.strip(), 1
+    return email.strip(), int(jobs)
+
+
+@dataclass(slots=True)
+class SimConfig:
+    """Everything the simulated service needs; every field has a test-friendly default.
+
+    `accept_urls` names external https images the sim treats as existing (a set of
+    URLs or a predicate); they are rendered as a pattern derived from the URL hash.
+    `callback_transport` lets tests deliver replyUrl callbacks in-process.
+    """
+
+    token: str = "test-token"
+    accounts: list[tuple[str, int]] = field(default_factory=lambda: [DEFAULT_ACCOUNT])
+    seed: int = 0
+    faults: Faults = field(default_factory=Faults)
+    speed: float = 1.0
+    task_seconds: float = 2.0
+    accept_urls: set[str] | UrlPredicate = field(default_factory=set)
+    media_dir: Path | None = None
+    clock: Callable[[], float] = time.monotonic
+    credits: int = 100_000
+    slow_seconds: float = 3.0
+    callback_transport: httpx.AsyncBaseTransport | None = None
+
+    def accepts_url(self, url: str) -> bool:
+        if callable(self.accept_urls):
+            return bool(self.accept_urls(url))
+        return url in self.accept_urls
+
+    @property
+    def task_duration(self) -> float:
+        """Clock seconds from submit to the end of a task."""
+        return self.task_seconds / self.speed
+
+
+def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: str,
+                    speed: float) -> SimConfig:
+    parsed = [parse_account(a) for a in accounts] or [DEFAULT_ACCOUNT]
+    return SimConfig(token=token, accounts=parsed, seed=seed, faults=Faults.parse(faults),
+                     speed=speed)

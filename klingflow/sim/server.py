@@ -1,0 +1,70 @@
+"""Serving the simulator over real HTTP with uvicorn: in a thread, or blocking (CLI)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from klingflow.sim.app import API, create_app
+from klingflow.sim.config import SimConfig, config_from_cli
+from klingflow.sim.transport import hide_reset_tracebacks
+
+STARTUP_TIMEOUT = 10.0
+BACKLOG = 4096
+
+
+def _server(config: SimConfig, *, log_level: str = "warning") -> uvicorn.Server:
+    hide_reset_tracebacks()
+    settings = uvicorn.Config(create_app(config), log_level=log_level, lifespan="on",
+                              backlog=BACKLOG, timeout_keep_alive=30, access_log=False)
+    return uvicorn.Server(settings)
+
+
+def _free_socket(host: str = "127.0.0.1") -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
+@contextmanager
+def running_simulator(config: SimConfig | None = None) -> Iterator[str]:
+    """uvicorn on a free 127.0.0.1 port in a background thread; yields the API base URL."""
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    server = _server(config or SimConfig())
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name=f"klingflow-sim-{port}", daemon=True)
+    thread.start()
+    try:
+        _wait_started(server, thread)
+        yield f"http://127.0.0.1:{port}{API}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT)
+        sock.close()
+
+
+def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the simulator did not start")
+        time.sleep(0.01)
+
+
+def serve(*, host: str, port: int, token: str, accounts: list[str], seed: int, faults: str,
+          speed: float) -> None:
+    """Serve until interrupted (`klingflow sim serve`); prints the base URL first."""
+    config = config_from_cli(token=token, accounts=accounts, seed=seed, faults=faults,
+                             speed=speed)
+    server = _server(config)
+    server.config.host, server.config.port = host, port
+    print(f"klingflow simulator: http://{host}:{port}{API}  (token {token!r}, accounts "
+          f"{', '.join(f'{e}:{j}' for e, j in config.accounts)})", flush=True)
+    server.run()

@@ -1,0 +1,217 @@
+"""What the simulated service remembers: accounts, uploads, tasks, the ledger.
+
+A task's status is computed from the injected clock whenever it is read (no
+per-task loop), so thousands of tasks cost nothing while they wait.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from klingflow.sim import replies
+from klingflow.sim.config import SimConfig
+from klingflow.sim.faults import FaultPlan, Visit, unit_hash
+from klingflow.sim.rules import Order
+
+SUBMITTED, PROCESSING, SUCCEED, FAILED = "submitted", "processing", "succeed", "failed"
+STATUS_CODES = {SUBMITTED: 5, PROCESSING: 10, FAILED: 50, SUCCEED: 99}
+"""5 and 99 are documented; 10 and 50 are the sim's choice (clients must not rely on them)."""
+FINAL = frozenset({SUCCEED, FAILED})
+PROCESSING_FROM = 0.2  # share of the task's time spent submitted
+FAIL_AT = 0.6  # share of the task's time after which a doomed task fails
+
+
+def body_hash(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _number(seed: int, *parts: object, digits: int = 12) -> int:
+    low = 10 ** (digits - 1)
+    return low + int(unit_hash(seed, *parts) * 9 * low)
+
+
+@dataclass(slots=True)
+class Account:
+    email: str
+    max_jobs: int
+    user_id: int
+    credits: int
+    active: set[int] = field(default_factory=set)
+    peak_running: int = 0
+    spent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Asset:
+    file_name: str
+    content_type: str
+    data: bytes
+    account: str
+    width: int = 0
+    height: int = 0
+
+
+@dataclass(slots=True)
+class Task:
+    id: int
+    work_id: int
+    account: Account
+    order: Order
+    body_hash: str
+    created: float  # clock seconds
+    create_ms: int
+    origin: str  # scheme://host[:port] the task was created through
+    credits: int
+    doomed: bool = False
+    fault: str | None = None
+    polls: int = 0
+    issued: int = 0  # signed result URLs handed out
+    signatures: set[str] = field(default_factory=set)
+
+    @property
+    def user_id(self) -> int:
+        return self.account.user_id
+
+
+@dataclass(slots=True)
+class SimState:
+    config: SimConfig
+    plan: FaultPlan = field(init=False)
+    accounts: dict[str, Account] = field(default_factory=dict)
+    tasks: dict[int, Task] = field(default_factory=dict)
+    assets: dict[str, Asset] = field(default_factory=dict)
+    requests: Counter[str] = field(default_factory=Counter)
+    _base_clock: float = 0.0
+    _base_ms: int = 0
+
+    def __post_init__(self) -> None:
+        self.plan = FaultPlan(self.config.seed, self.config.faults)
+        for email, max_jobs in self.config.accounts:
+            self.accounts[email] = Account(email, max_jobs, _number(0, "user", email, digits=8),
+                                           self.config.credits)
+        self._base_clock = self.config.clock()
+        self._base_ms = int(time.time() * 1000)
+
+    # ---- time and status -----------------------------------------------------------
+
+    def now(self) -> float:
+        return self.config.clock()
+
+    def epoch_ms(self, clock_time: float) -> int:
+        return self._base_ms + int((clock_time - self._base_clock) * 1000)
+
+    def end_time(self, task: Task) -> float:
+        share = FAIL_AT if task.doomed else 1.0
+        return task.created + share * self.config.task_duration
+
+    def processing_time(self, task: Task) -> float:
+        return task.created + PROCESSING_FROM * self.config.task_duration
+
+    def status_of(self, task: Task, now: float | None = None) -> str:
+        now = self.now() if now is None else now
+        if now >= self.end_time(task):
+            return FAILED if task.doomed else SUCCEED
+        return PROCESSING if now >= self.processing_time(task) else SUBMITTED
+
+    # ---- accounts ------------------------------------------------------------------
+
+    def running(self, account: Account, now: float | None = None) -> int:
+        now = self.now() if now is None else now
+        done = [tid for tid in account.active if self.status_of(self.tasks[tid], now) in FINAL]
+        account.active.difference_update(done)
+        return len(account.active)
+
+    def account_named(self, email: str | None) -> Account:
+        """The account a GET or an upload names; email may be left out with one account."""
+        if email is None:
+            if len(self.accounts) > 1:
+                raise replies.email_required()
+            return next(iter(self.accounts.values()))
+        if email not in self.accounts:
+            raise replies.account_unknown(email)
+        return self.accounts[email]
+
+    def account_for(self, order: Order, visit: Visit) -> Account:
+        """The account a generation POST runs on; 429 when it (or every one) is full."""
+        now = self.now()
+        if order.email is not None:
+            account = self.account_named(order.email)
+            limit = order.max_jobs or account.max_jobs
+            if self.running(account, now) >= limit:
+                raise replies.busy(limit, account.email)
+            return account
+        free = [a for a in self.accounts.values()
+                if self.running(a, now) < (order.max_jobs or a.max_jobs)]
+        if not free:
+            raise replies.busy_everywhere()
+        return free[self.plan.pick("account", visit, len(free))]
+
+    # ---- tasks ---------------------------------------------------------------------
+
+    def create_task(self, order: Order, account: Account, digest: str, visit: Visit,
+                    origin: str) -> Task:
+        now = self.now()
+        task_id = self._new_id(digest, visit)
+        task = Task(id=task_id, work_id=_number(self.config.seed, "work", task_id),
+                    account=account, order=order, body_hash=digest, created=now,
+                    create_ms=self.epoch_ms(now), origin=origin, credits=order.credits,
+                    doomed=self.plan.hits("moderation-during", visit, rate_kind="moderation"))
+        self.tasks[task_id] = task
+        account.active.add(task_id)
+        account.peak_running = max(account.peak_running, len(account.active))
+        account.credits -= task.credits
+        account.spent += task.credits
+        return task
+
+    def _new_id(self, digest: str, visit: Visit) -> int:
+        salt = 0
+        while (task_id := _number(self.config.seed, "task", digest, visit.number, salt)) \
+                in self.tasks:
+            salt += 1
+        return task_id
+
+    def task_for(self, task_id: int, account: Account) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None or task.account is not account:
+            raise replies.SimError(404, dict(replies.NOT_FOUND))
+        return task
+
+    def history(self, account: Account, *, page_size: int, after: int | None,
+                before: int | None) -> list[Task]:
+        own = [t for t in self.tasks.values() if t.account is account
+               and (after is None or t.create_ms > after)
+               and (before is None or t.create_ms < before)]
+        own.sort(key=lambda t: (t.create_ms, t.created), reverse=True)
+        return own[:page_size]
+
+    def unfinished(self) -> list[Task]:
+        now = self.now()
+        return [self.tasks[tid] for a in self.accounts.values() for tid in sorted(a.active)
+                if self.status_of(self.tasks[tid], now) not in FINAL]
+
+    # ---- signed result URLs -------------------------------------------------------------
+
+    def sign(self, task: Task, *, expired: bool) -> str:
+        task.issued += 1
+        sig = hashlib.sha256(f"{self.config.seed}|sig|{task.id}|{task.issued}".encode())\
+            .hexdigest()[:20]
+        if not expired:
+            task.signatures.add(sig)
+        return sig
+
+    # ---- uploads ---------------------------------------------------------------------
+
+    def add_asset(self, asset: Asset) -> None:
+        self.assets[asset.file_name] = asset
+
+    def asset_for_url(self, url: str) -> Asset | None:
+        marker = "/_sim/assets/"
+        if marker not in url:
+            return None
+        return self.assets.get(url.split(marker, 1)[1].split("?", 1)[0])
