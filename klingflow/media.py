@@ -512,23 +512,33 @@ def _reencode(videos: Sequence[Path], out: Path, *, size: tuple[int, int], fps: 
         for video in videos:
             with _open_video(video) as (source, source_stream):
                 length = round(_duration(source, source_stream) * fps)
-                for pts, frame in _retimed(source.decode(source_stream), base, length, fps):
-                    planes = _to_planes(fit_image(_to_image(frame), size))
+                timed = (
+                    (float(frame.time or 0.0), _to_planes(fit_image(_to_image(frame), size)))
+                    for frame in source.decode(source_stream)
+                )
+                for pts, planes in _retimed(timed, base, length, fps):
                     container.mux(stream.encode(_video_frame(planes, pts)))
             base += length
         _flush(container, stream)
 
 
 def _retimed(
-    frames: Iterable[av.VideoFrame], base: int, length: int, fps: int
-) -> Iterator[tuple[int, av.VideoFrame]]:
-    """Frames placed on the output's frame grid from `base`, one per slot, within `length`."""
-    next_pts = base
-    for frame in frames:
-        pts = base + round(float(frame.time or 0.0) * fps)
-        if next_pts <= pts < base + length:
-            yield pts, frame
-            next_pts = pts + 1
+    timed: Iterable[tuple[float, _Planes]], base: int, length: int, fps: int
+) -> Iterator[tuple[int, _Planes]]:
+    """Fill the output slots base..base+length-1, each with the latest frame shown by then.
+
+    A slower source has its frames repeated, a faster one has frames dropped.
+    """
+    slot, end, held = base, base + length, None
+    for seconds, planes in timed:
+        due = min(base + round(seconds * fps), end)
+        while held is not None and slot < due:
+            yield slot, held
+            slot += 1
+        held = planes
+    while held is not None and slot < end:
+        yield slot, held
+        slot += 1
 
 
 def concat(videos: Sequence[Path], out: Path) -> VideoInfo:

@@ -1,0 +1,333 @@
+"""klingflow.media against real H.264 files: rendering, probing, frames, colour, concat."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from klingflow.errors import KlingflowError
+from klingflow.media import (
+    MOTIONS,
+    MediaError,
+    concat,
+    extract_first_frame,
+    extract_last_frame,
+    fit_image,
+    probe,
+    render_clip,
+)
+
+SIZE = (320, 192)
+
+
+def _picture(width: int, height: int, phase: int) -> Image.Image:
+    """A smooth, structured test picture (codecs keep it; comparisons can see it)."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    red = 128 + 100 * np.sin(x / width * 6.28 + phase)
+    green = 255 * y / height
+    blue = 128 + 100 * np.cos((x + y) / (width + height) * 9 + phase)
+    square = (abs(x - width / 3) < width / 8) & (abs(y - height / 2) < height / 5)
+    rgb = np.stack([red, green, blue], axis=-1)
+    rgb[square] = (240, 240, 40) if phase else (30, 30, 200)
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def _mad(a: Image.Image | np.ndarray, b: Image.Image | np.ndarray) -> float:
+    """Mean absolute difference on 0-255."""
+    return float(np.abs(np.asarray(a, dtype=np.float32) - np.asarray(b, dtype=np.float32)).mean())
+
+
+def _frames(video: Path) -> list[np.ndarray]:
+    with av.open(str(video)) as container:
+        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+
+
+def _packets(video: Path) -> list[av.Packet]:
+    with av.open(str(video)) as container:
+        return [packet for packet in container.demux(video=0) if packet.size]
+
+
+def _frames_from_last_keyframe(video: Path) -> int:
+    """Counted independently of media.py: packets in decode order from the last keyframe on."""
+    packets = _packets(video)
+    last_key = max(index for index, packet in enumerate(packets) if packet.is_keyframe)
+    return len(packets) - last_key
+
+
+def _largest_pts_seconds(video: Path) -> float:
+    packets = _packets(video)
+    return float(max(packet.pts for packet in packets) * packets[0].time_base)
+
+
+@pytest.fixture(scope="module")
+def start() -> Image.Image:
+    return _picture(640, 400, 0)
+
+
+@pytest.fixture(scope="module")
+def end() -> Image.Image:
+    return _picture(480, 288, 2)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory, start: Image.Image, end: Image.Image) -> Path:
+    folder = tmp_path_factory.mktemp("clips")
+    render_clip(folder / "five.mp4", start=start, end=end, duration=5)
+    render_clip(folder / "ten.mp4", start=start, end=end, duration=10)
+    return folder
+
+
+# ---- render_clip ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "seconds"), [("five.mp4", 5), ("ten.mp4", 10)])
+def test_rendered_clip_has_the_requested_duration_and_decodes(
+    clips: Path, name: str, seconds: int
+) -> None:
+    info = probe(clips / name)
+
+    assert (info.width, info.height, info.codec) == (*SIZE, "h264")
+    assert info.duration == pytest.approx(seconds, abs=1e-3)
+    assert info.frames == seconds * 24
+    assert info.fps == 24
+    assert len(_frames(clips / name)) == seconds * 24
+
+
+def test_clip_starts_on_start_and_ends_on_end(
+    clips: Path, tmp_path: Path, start: Image.Image, end: Image.Image
+) -> None:
+    first = extract_first_frame(clips / "five.mp4", tmp_path / "first.png")
+    last = extract_last_frame(clips / "five.mp4", tmp_path / "last.png")
+
+    assert first.pts_seconds == 0
+    assert last.pts_seconds == pytest.approx(5 - 1 / 24)
+    assert _mad(Image.open(first.path), fit_image(start, SIZE)) < 6
+    assert _mad(Image.open(last.path), fit_image(end, SIZE)) < 6
+    assert _mad(Image.open(last.path), fit_image(start, SIZE)) > 20  # it did morph
+
+
+def test_one_image_gets_a_gentle_motion_and_stays_on_its_side(
+    tmp_path: Path, start: Image.Image, end: Image.Image
+) -> None:
+    render_clip(tmp_path / "from.mp4", start=start, end=None, duration=5)
+    render_clip(tmp_path / "to.mp4", start=None, end=end, duration=5)
+    from_frames, to_frames = _frames(tmp_path / "from.mp4"), _frames(tmp_path / "to.mp4")
+
+    assert _mad(from_frames[0], fit_image(start, SIZE)) < 6
+    assert _mad(to_frames[-1], fit_image(end, SIZE)) < 6
+    assert _mad(from_frames[0], from_frames[-1]) > 5
+    assert _mad(to_frames[0], to_frames[-1]) > 5
+
+
+@pytest.mark.parametrize("motion", sorted(MOTIONS))
+def test_motion_visibly_changes_frames(
+    clips: Path, tmp_path: Path, start: Image.Image, end: Image.Image, motion: str
+) -> None:
+    render_clip(tmp_path / "moved.mp4", start=start, end=end, duration=5, motion=motion)
+    still, moved = _frames(clips / "five.mp4"), _frames(tmp_path / "moved.mp4")
+
+    assert max(_mad(a, b) for a, b in zip(still[20:100:10], moved[20:100:10], strict=True)) > 8
+    assert _mad(moved[0], fit_image(start, SIZE)) < 6
+    assert _mad(moved[-1], fit_image(end, SIZE)) < 6
+
+
+def test_images_of_any_size_and_mode_are_fitted(tmp_path: Path) -> None:
+    grey = _picture(301, 517, 1).convert("L")
+    rgba = _picture(99, 61, 0).convert("RGBA")
+    render_clip(tmp_path / "odd.mp4", start=grey, end=rgba, duration=1, size=(160, 96), fps=12)
+
+    info = probe(tmp_path / "odd.mp4")
+    assert (info.width, info.height, info.frames) == (160, 96, 12)
+
+
+def test_render_needs_an_image_and_a_known_motion(tmp_path: Path, start: Image.Image) -> None:
+    with pytest.raises(ValueError, match="needs a start image, an end image or both"):
+        render_clip(tmp_path / "x.mp4", start=None, end=None, duration=5)
+    with pytest.raises(ValueError, match="unknown motion 'wobble'"):
+        render_clip(tmp_path / "x.mp4", start=start, end=None, duration=5, motion="wobble")
+
+
+# ---- last frame: from the last keyframe, largest pts --------------------------------
+
+
+def test_last_frame_decodes_only_from_the_last_keyframe(clips: Path, tmp_path: Path) -> None:
+    video = clips / "ten.mp4"
+    tail, total = _frames_from_last_keyframe(video), len(_packets(video))
+
+    result = extract_last_frame(video, tmp_path / "last.png")
+
+    assert tail < total  # the file has several keyframes, so a seek saves work
+    assert 1 <= result.frames_decoded <= tail
+    assert result.pts_seconds == pytest.approx(_largest_pts_seconds(video))
+    assert _mad(Image.open(result.path), _frames(video)[-1]) < 1
+
+
+def test_last_frame_with_b_frames_is_the_largest_pts(
+    tmp_path: Path, start: Image.Image, end: Image.Image
+) -> None:
+    video = tmp_path / "bframes.mp4"
+    render_clip(video, start=start, end=end, duration=5, preset="veryfast", gop=48)
+    pts_in_decode_order = [packet.pts for packet in _packets(video)]
+    assert pts_in_decode_order != sorted(pts_in_decode_order)  # frames really arrive out of order
+
+    result = extract_last_frame(video, tmp_path / "last.png")
+
+    assert result.pts_seconds == pytest.approx(_largest_pts_seconds(video))
+    assert result.frames_decoded <= _frames_from_last_keyframe(video)
+    assert _mad(Image.open(result.path), fit_image(end, SIZE)) < 6
+
+
+# ---- colour: each stream's own matrix and range -------------------------------------
+
+ORANGE = (220, 110, 40)
+# (AVColorSpace, AVColorRange, Kr, Kb, full range)
+BT709_LIMITED = (1, 1, 0.2126, 0.0722, False)
+BT601_FULL = (5, 2, 0.299, 0.114, True)
+
+
+def _ycbcr(rgb: tuple[int, int, int], kr: float, kb: float, full: bool) -> tuple[int, int, int]:
+    """Textbook RGB -> Y'CbCr, written out here so the test does not trust swscale."""
+    r, g, b = (c / 255 for c in rgb)
+    y = kr * r + (1 - kr - kb) * g + kb * b
+    cb, cr = (b - y) / (2 * (1 - kb)), (r - y) / (2 * (1 - kr))
+    if full:
+        return round(255 * y), round(128 + 255 * cb), round(128 + 255 * cr)
+    return round(16 + 219 * y), round(128 + 224 * cb), round(128 + 224 * cr)
+
+
+def _solid_clip(path: Path, rgb: tuple[int, int, int], tags: tuple) -> tuple[int, int, int]:
+    colorspace, color_range, kr, kb, full = tags
+    yuv = _ycbcr(rgb, kr, kb, full)
+    width, height = 64, 48
+    planes = np.concatenate(
+        [
+            np.full(width * height, yuv[0]),
+            np.full(width * height // 4, yuv[1]),
+            np.full(width * height // 4, yuv[2]),
+        ]
+    ).astype(np.uint8)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        ctx = stream.codec_context
+        ctx.colorspace, ctx.color_range = colorspace, color_range
+        stream.options = {"crf": "4"}
+        for pts in range(24):
+            frame = av.VideoFrame.from_ndarray(planes.reshape(-1, width), format="yuv420p")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return yuv
+
+
+@pytest.mark.parametrize("tags", [BT709_LIMITED, BT601_FULL], ids=["bt709-limited", "bt601-full"])
+def test_colours_come_back_with_the_streams_own_matrix_and_range(
+    tmp_path: Path, tags: tuple
+) -> None:
+    video = tmp_path / "solid.mp4"
+    _solid_clip(video, ORANGE, tags)
+
+    last = extract_last_frame(video, tmp_path / "last.png")
+    first = extract_first_frame(video, tmp_path / "first.png")
+
+    for result in (first, last):
+        mean = np.asarray(Image.open(result.path), dtype=np.float32).reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - ORANGE).max() <= 3, mean
+
+
+def _rgb(yuv: tuple[int, int, int], kr: float, kb: float, full: bool) -> np.ndarray:
+    """The inverse of `_ycbcr`."""
+    y, cb, cr = (
+        (yuv[0] / 255, (yuv[1] - 128) / 255, (yuv[2] - 128) / 255)
+        if full
+        else ((yuv[0] - 16) / 219, (yuv[1] - 128) / 224, (yuv[2] - 128) / 224)
+    )
+    r, b = y + 2 * (1 - kr) * cr, y + 2 * (1 - kb) * cb
+    g = (y - kr * r - kb * b) / (1 - kr - kb)
+    return np.array([r, g, b]) * 255
+
+
+@pytest.mark.parametrize(
+    ("tags", "other"), [(BT709_LIMITED, BT601_FULL), (BT601_FULL, BT709_LIMITED)]
+)
+def test_decoding_with_the_other_tags_would_be_visibly_wrong(tags: tuple, other: tuple) -> None:
+    """Guard for the test above: one hard-coded conversion could not pass both cases."""
+    yuv = _ycbcr(ORANGE, *tags[2:])
+    assert np.abs(_rgb(yuv, *tags[2:]) - ORANGE).max() < 1
+    assert np.abs(_rgb(yuv, *other[2:]) - ORANGE).max() > 15
+
+
+# ---- errors ---------------------------------------------------------------------------
+
+
+def test_corrupt_file_is_a_media_error_naming_it(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"not a video" * 50)
+
+    for read in (probe, lambda p: extract_last_frame(p, tmp_path / "x.png")):
+        with pytest.raises(MediaError) as caught:
+            read(broken)
+        assert (
+            str(caught.value)
+            == "broken.mp4: not a readable video: Invalid data found when processing input"
+        )
+    assert isinstance(caught.value, KlingflowError)
+    assert caught.value.path == broken
+
+
+def test_truncated_clip_is_a_media_error(clips: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes((clips / "five.mp4").read_bytes()[:5000])
+
+    with pytest.raises(MediaError, match=r"^cut\.mp4: "):
+        extract_last_frame(cut, tmp_path / "x.png")
+
+
+def test_missing_file_and_no_video_stream(tmp_path: Path) -> None:
+    audio = tmp_path / "tone.wav"
+    with av.open(str(audio), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(
+            np.zeros((1, 800), dtype=np.int16), format="s16", layout="mono"
+        )
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+    with pytest.raises(MediaError) as missing:
+        probe(tmp_path / "gone.mp4")
+    with pytest.raises(MediaError) as no_video:
+        extract_first_frame(audio, tmp_path / "x.png")
+    assert str(missing.value) == "gone.mp4: no such file"
+    assert str(no_video.value) == "tone.wav: has no video stream"
+
+
+# ---- concat ---------------------------------------------------------------------------
+
+
+def test_concat_of_two_clips_has_the_summed_duration(clips: Path, tmp_path: Path) -> None:
+    info = concat([clips / "five.mp4", clips / "ten.mp4"], tmp_path / "film.mp4")
+
+    assert info.duration == pytest.approx(15, abs=1e-3)
+    assert info.frames == 360
+    assert len(_frames(tmp_path / "film.mp4")) == 360
+
+
+def test_concat_of_different_sizes_re_encodes_to_the_first(
+    clips: Path, tmp_path: Path, start: Image.Image
+) -> None:
+    small = tmp_path / "small.mp4"
+    render_clip(small, start=start, end=None, duration=2, size=(160, 96), fps=12)
+
+    info = concat([clips / "five.mp4", small], tmp_path / "film.mp4")
+
+    assert (info.width, info.height) == SIZE
+    assert info.duration == pytest.approx(7, abs=0.05)
+    assert len(_frames(tmp_path / "film.mp4")) == info.frames
+    last = extract_last_frame(tmp_path / "film.mp4", tmp_path / "last.png")
+    assert last.pts_seconds == pytest.approx(7 - 1 / 24, abs=0.05)
