@@ -14,7 +14,6 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
@@ -22,6 +21,7 @@ from starlette.routing import Route
 from klingflow.sim import replies
 from klingflow.sim.config import SimConfig
 from klingflow.sim.faults import Visit
+from klingflow.sim.forms import INVALID, read_fields
 from klingflow.sim.images import pattern_image
 from klingflow.sim.render import jpeg
 from klingflow.sim.rules import EFFECTS_ENDPOINT, FRAMES
@@ -75,21 +75,9 @@ async def _body(request: Request) -> dict[str, Any]:
     """The request's fields, from JSON or a form; cached on the request."""
     fields: dict[str, Any] | None = getattr(request.state, "fields", None)
     if fields is None:
-        fields = request.state.fields = await _read_fields(request)
+        fields = request.state.fields = read_fields(
+            request.headers.get("content-type", ""), await request.body())
     return fields
-
-
-async def _read_fields(request: Request) -> dict[str, Any]:
-    kind = request.headers.get("content-type", "")
-    if kind.startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        form = await request.form()
-        return {k: v for k, v in form.multi_items() if not isinstance(v, UploadFile)}
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        return {"__invalid__": "json"}
-    return body if isinstance(body, dict) else {"__invalid__": "json"}
 
 
 def _origin(request: Request) -> str:
@@ -131,7 +119,7 @@ async def _maybe_slow(service: SimService, visit: Visit) -> None:
 def _generation(endpoint: str) -> Handler:
     async def handler(request: Request, service: SimService, visit: Visit) -> Response:
         body = await _body(request)
-        if "__invalid__" in body:
+        if INVALID in body:
             raise replies.bad_request("The request body is not a JSON object")
         outcome: Outcome = service.generate(endpoint, body, visit, _origin(request))
         return _json(outcome.body, outcome.status, reset=outcome.reset)

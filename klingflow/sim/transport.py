@@ -49,7 +49,7 @@ class SimTransport(httpx.AsyncBaseTransport):
                         tb: TracebackType | None = None) -> None:
         if self._lifespan is not None:
             lifespan, self._lifespan = self._lifespan, None
-            await lifespan.__aexit__(exc_type, exc, tb)
+            await lifespan.__aexit__(None, None, None)  # the client's error is not the app's
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
