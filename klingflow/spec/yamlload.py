@@ -108,12 +108,12 @@ class _Builder:
         """The path of the value `event` starts; reads a mapping's key first."""
         container = frame.container
         if isinstance(container, list):
-            return frame.path + (len(container),), event
+            return (*frame.path, len(container)), event
         if isinstance(event, yaml.MappingEndEvent):
             return frame.path, event
         self._key(frame, event)
         value_event = self.parser.get_event()
-        return frame.path + (frame.key,) if not frame.skip else _SKIPPED, value_event
+        return (*frame.path, frame.key) if not frame.skip else _SKIPPED, value_event
 
     def _key(self, frame: _Frame, event: Any) -> None:
         frame.skip = False
@@ -125,7 +125,7 @@ class _Builder:
             return
         key = event.value
         frame.key = key
-        path = frame.path + (key,)
+        path = (*frame.path, key)
         if key in frame.container:
             line = self.keys[path][0]
             self._issue(path, event, f"duplicate key '{key}' (first at line {line}); remove "
