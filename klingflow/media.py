@@ -8,10 +8,13 @@ file is a `MediaError` naming the file; no raw `av` exception leaves this module
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import av
 import numpy as np
@@ -19,6 +22,8 @@ from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image, ImageOps
 
 from klingflow.errors import KlingflowError
+
+_T = TypeVar("_T")
 
 __all__ = [
     "MOTIONS",
@@ -262,6 +267,20 @@ def _clip_frames(
         yield _video_frame(_move(_blend(first, last, t), pose), index)
 
 
+def _prefetched(items: Iterator[_T], depth: int = 6) -> Iterator[_T]:
+    """`items` made on one worker thread up to `depth` ahead: drawing overlaps encoding.
+
+    (Pillow and libx264 release the GIL.) An error raised while making an item is
+    raised here; leaving early waits only for the few items already asked for.
+    """
+    done = object()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="klingflow-frames") as pool:
+        ahead = deque(pool.submit(next, items, done) for _ in range(depth))
+        while (item := ahead.popleft().result()) is not done:
+            ahead.append(pool.submit(next, items, done))
+            yield item  # type: ignore[misc]
+
+
 def render_clip(
     out: Path,
     *,
@@ -290,7 +309,7 @@ def render_clip(
     if count < 1 or size[0] % 2 or size[1] % 2:
         raise ValueError(f"need duration >= 1 frame and an even size, got {duration}s at {size}")
     with _writer(out, size=size, fps=fps, gop=gop, preset=preset, crf=crf) as (container, stream):
-        for frame in _clip_frames(start, end, count, motion, size):
+        for frame in _prefetched(_clip_frames(start, end, count, motion, size)):
             container.mux(stream.encode(frame))
         _flush(container, stream)
 

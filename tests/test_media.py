@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -331,3 +332,19 @@ def test_concat_of_different_sizes_re_encodes_to_the_first(
     assert len(_frames(tmp_path / "film.mp4")) == info.frames
     last = extract_last_frame(tmp_path / "film.mp4", tmp_path / "last.png")
     assert last.pts_seconds == pytest.approx(7 - 1 / 24, abs=0.05)
+
+
+def test_frames_made_ahead_keep_order_and_errors() -> None:
+    from klingflow.media import _prefetched
+
+    def items(fail_at: int | None) -> Iterator[int]:
+        for number in range(20):
+            if number == fail_at:
+                raise RuntimeError("drawing failed")
+            yield number
+
+    assert list(_prefetched(items(None), depth=3)) == list(range(20))
+    made = []
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        made.extend(_prefetched(items(7), depth=3))
+    assert made == list(range(7))

@@ -1,0 +1,102 @@
+"""Benchmark of klingflow.media: clip rendering and last-frame extraction.
+
+Run: python bench/bench_media.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from klingflow.media import extract_last_frame, probe, render_clip
+
+RENDER_TARGET_S = 0.3
+
+
+def picture(width: int, height: int, phase: float) -> Image.Image:
+    """A smooth gradient picture, like a photo to the encoder."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack(
+        [
+            128 + 100 * np.sin(x / width * 6.28 + phase),
+            255 * y / height,
+            128 + 100 * np.cos((x + y) / (width + height) * 9 + phase),
+        ],
+        axis=-1,
+    )
+    return Image.fromarray(rgb.clip(0, 255).astype(np.uint8))
+
+
+def median_seconds(action: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def frames_from_last_keyframe(video: Path) -> tuple[int, int]:
+    """(packets from the last keyframe on, all packets), by demuxing alone."""
+    with av.open(str(video)) as container:
+        keys = [packet.is_keyframe for packet in container.demux(video=0) if packet.size]
+    last_key = len(keys) - 1 - keys[::-1].index(True)
+    return len(keys) - last_key, len(keys)
+
+
+def bench_render(folder: Path) -> None:
+    start, end = picture(640, 384, 0), picture(640, 384, 2)
+    cases = {
+        "cross-fade (start+end)": {"start": start, "end": end},
+        "one image, gentle zoom/pan": {"start": start, "end": None},
+        "one image, motion=spin": {"start": start, "end": None, "motion": "spin"},
+    }
+    print("render_clip, 5 s at 320x192, 24 fps (median of 5):")
+    for label, images in cases.items():
+        out = folder / "clip.mp4"
+        seconds = median_seconds(lambda o=out, i=images: render_clip(o, duration=5, **i), 5)
+        verdict = "ok" if seconds < RENDER_TARGET_S else "OVER"
+        print(f"  {label:30s} {seconds:6.3f} s  (target < {RENDER_TARGET_S} s: {verdict})")
+
+
+def bench_last_frame(folder: Path) -> None:
+    video = folder / "hd.mp4"
+    began = time.perf_counter()
+    render_clip(
+        video,
+        start=picture(1920, 1080, 0),
+        end=picture(1920, 1080, 2),
+        duration=10,
+        size=(1920, 1080),
+        fps=24,
+        gop=48,
+    )
+    rendered = time.perf_counter() - began
+    info = probe(video)
+    tail, total = frames_from_last_keyframe(video)
+    result = extract_last_frame(video, folder / "last.png")
+    seconds = median_seconds(lambda: extract_last_frame(video, folder / "last.png"), 5)
+    print(f"extract_last_frame, 10 s {info.width}x{info.height} {info.fps:g} fps, gop 48:")
+    print(f"  (rendering it once took {rendered:.2f} s)")
+    print(f"  time (median of 5)            {seconds:6.3f} s")
+    print(f"  frames decoded                {result.frames_decoded:6d}")
+    print(f"  frames from last keyframe on  {tail:6d}")
+    print(f"  total frames                  {total:6d}")
+    print(f"  last frame at                 {result.pts_seconds:6.3f} s of {info.duration:g} s")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="klingflow-bench-") as tmp:
+        bench_render(Path(tmp))
+        bench_last_frame(Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
