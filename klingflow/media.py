@@ -150,19 +150,20 @@ def _inverse_affine(pose: _Pose, width: int, height: int) -> tuple[float, ...]:
     return (a, b, a * ox + b * oy + cx, d, e, d * ox + e * oy + cy)
 
 
-def _move_plane(plane: Image.Image, pose: _Pose, fill: int) -> Image.Image:
-    """One plane moved by `pose`: sampled at twice the size, then averaged down (fast AA)."""
+def _move_plane(plane: Image.Image, pose: _Pose, fill: int, *, supersample: int) -> Image.Image:
+    """One plane moved by `pose`, sampled `supersample` times finer then averaged (fast AA)."""
     width, height = plane.size
+    k = supersample
     coeffs = _inverse_affine(pose, width, height)
-    doubled = tuple(c / 2 if i in (0, 1, 3, 4) else c for i, c in enumerate(coeffs))
-    big = plane.transform(
-        (width * 2, height * 2),
+    finer = tuple(c / k if i in (0, 1, 3, 4) else c for i, c in enumerate(coeffs))
+    moved = plane.transform(
+        (width * k, height * k),
         Image.Transform.AFFINE,
-        doubled,
+        finer,
         resample=Image.Resampling.NEAREST,
         fillcolor=fill,
     )
-    return big.reduce(2)
+    return moved.reduce(k) if k > 1 else moved
 
 
 # ---- encoding -----------------------------------------------------------------------
@@ -231,9 +232,15 @@ def _blend(first: _Planes, last: _Planes, t: float) -> _Planes:
 
 
 def _move(planes: _Planes, pose: _Pose) -> _Planes:
+    """Luma antialiased (2x2 samples); half-size chroma sampled once, which the eye forgives."""
     if pose.is_identity():
         return planes
-    return tuple(_move_plane(p, pose, f) for p, f in zip(planes, _BLACK, strict=True))  # type: ignore[return-value]
+    y, u, v = planes
+    return (
+        _move_plane(y, pose, _BLACK[0], supersample=2),
+        _move_plane(u, pose, _BLACK[1], supersample=1),
+        _move_plane(v, pose, _BLACK[2], supersample=1),
+    )
 
 
 def _video_frame(planes: _Planes, pts: int) -> av.VideoFrame:
