@@ -285,7 +285,7 @@ def test_json_matches_schema_and_content() -> None:
                   needs=("launch",)))
     plan = build_plan(pipeline(*steps, budget=400, outputs={
         "film": Output("film", ("launch", "climb"))}))
-    data = plan.to_json()
+    data: dict = plan.to_json()
     jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
     assert data["totals"] == {
         "credits": 35, "unknown": ["launch"], "complete": False,
@@ -297,9 +297,9 @@ def test_json_matches_schema_and_content() -> None:
 
 
 def test_schema_rejects_a_zero_for_an_unknown_price() -> None:
-    data = build_plan(pipeline(step("fx", "effect", effect="rocket",
-                                    image=ref("inputs.hero")))).to_json()
-    data["steps"][0]["credits"] = 0  # type: ignore[index]
+    data: dict = build_plan(pipeline(step("fx", "effect", effect="rocket",
+                                          image=ref("inputs.hero")))).to_json()
+    data["steps"][0]["credits"] = 0
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
 
