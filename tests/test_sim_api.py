@@ -148,7 +148,7 @@ async def test_a_task_moves_from_submitted_to_succeed() -> None:
         assert work["contentType"] == "video" and work["taskId"] == task_id
         assert isinstance(work["workId"], int)
         assert work["resource"]["duration"] == 10_000
-        assert (work["resource"]["width"], work["resource"]["height"]) == (320, 192)
+        assert (work["resource"]["width"], work["resource"]["height"]) == (400, 304)
         assert work["resource"]["resource"].startswith(f"http://testserver/_sim/media/{task_id}/")
         cover = await s.client.get(work["cover"]["resource"])
         assert cover.status_code == 200 and cover.headers["content-type"] == "image/jpeg"
@@ -401,7 +401,8 @@ UPLOAD_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(("content_type", "data", "error"), UPLOAD_ERRORS)
+@pytest.mark.parametrize(("content_type", "data", "error"), UPLOAD_ERRORS,
+                         ids=["type", "small", "garbage", "large"])
 async def test_upload_errors(content_type: str, data: bytes, error: str) -> None:
     async with sim() as s:
         response = await s.client.post("/assets/", content=data,

@@ -10,6 +10,9 @@ from pathlib import Path
 import httpx
 
 DEFAULT_ACCOUNT = ("sim@example.com", 3)
+CLIP_SIZE = (400, 304)
+"""Width, height of rendered clips: small to render fast, yet at least 300 px on each
+side, so a clip's last frame can be uploaded again (POST /assets wants >= 300 px)."""
 
 FAULT_KINDS = ("429", "500", "moderation", "reset", "slow", "expire")
 """What `--faults` may name; each takes a probability from 0 to 1."""
@@ -71,6 +74,7 @@ class SimConfig:
     clock: Callable[[], float] = time.monotonic
     credits: int = 100_000
     slow_seconds: float = 3.0
+    clip_size: tuple[int, int] = CLIP_SIZE
     callback_transport: httpx.AsyncBaseTransport | None = None
 
     def accepts_url(self, url: str) -> bool:

@@ -13,7 +13,6 @@ import anyio.to_thread
 from PIL import Image
 
 from klingflow import media
-from klingflow.sim.shapes import CLIP_SIZE
 from klingflow.sim.state import Task
 
 ImageSource = Callable[[str], Image.Image]
@@ -24,6 +23,7 @@ ImageSource = Callable[[str], Image.Image]
 class Renderer:
     media_dir: Path | None
     resolve: ImageSource
+    size: tuple[int, int]
     _clips: dict[int, Path] = field(default_factory=dict)
     _locks: dict[int, anyio.Lock] = field(default_factory=dict)
     _tmp: tempfile.TemporaryDirectory[str] | None = None
@@ -57,7 +57,7 @@ class Renderer:
         start, end = self._images(task)
         partial = out.with_suffix(".part.mp4")
         media.render_clip(partial, start=start, end=end, duration=task.order.duration,
-                          motion=task.order.motion, size=CLIP_SIZE)
+                          motion=task.order.motion, size=self.size)
         partial.replace(out)
 
     async def cover(self, task: Task) -> bytes:
@@ -68,7 +68,7 @@ class Renderer:
         start, end = self._images(task)
         picture = end or start
         assert picture is not None
-        return jpeg(media.fit_image(picture, CLIP_SIZE))
+        return jpeg(media.fit_image(picture, self.size))
 
     def close(self) -> None:
         if self._tmp is not None:

@@ -50,7 +50,7 @@ class SimService:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.state = SimState(config)
-        self.renderer = Renderer(config.media_dir, self.picture)
+        self.renderer = Renderer(config.media_dir, self.picture, config.clip_size)
         self.notifier = Notifier(self.state, self.callback_body, config.callback_transport)
 
     # ---- generation ------------------------------------------------------------------

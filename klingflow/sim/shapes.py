@@ -12,7 +12,6 @@ from klingflow.sim.state import FINAL, STATUS_CODES, SUCCEED, Account, SimState,
 
 TASK_TYPES = {FRAMES: "m2v_img2video_hq", "image2video-effects": "m2v_img2video_se_hq"}
 SCENE = "NORMAL_CREATION"
-CLIP_SIZE = (320, 192)  # width, height of the clips the sim renders
 POINTS_DAYS = 730
 
 
@@ -62,20 +61,22 @@ def submit_reply(state: SimState, task: Task) -> dict[str, Any]:
             "userTickets": {"ticket": []}, "editProject": None}
 
 
-def _resource(url: str | None, *, duration_ms: int) -> dict[str, Any] | None:
+def _resource(url: str | None, size: tuple[int, int], *,
+              duration_ms: int) -> dict[str, Any] | None:
     if url is None:
         return None
-    width, height = CLIP_SIZE
+    width, height = size
     return {"resource": url, "width": width, "height": height, "duration": duration_ms,
             "resourceKey": ""}
 
 
-def work(task: Task, status: str, video_url: str | None) -> dict[str, Any]:
+def work(task: Task, status: str, video_url: str | None,
+         size: tuple[int, int]) -> dict[str, Any]:
     cover = f"{task.origin}/_sim/media/{task.id}/{task.work_id}.jpg" if video_url else None
     return {"workId": task.work_id, "workItemId": 0, "taskId": task.id, "userId": task.user_id,
             "type": TASK_TYPES[task.order.endpoint], **trio(status), "contentType": "video",
-            "resource": _resource(video_url, duration_ms=task.order.duration * 1000),
-            "cover": _resource(cover, duration_ms=0), "starNum": 0, "cloneCount": 0,
+            "resource": _resource(video_url, size, duration_ms=task.order.duration * 1000),
+            "cover": _resource(cover, size, duration_ms=0), "starNum": 0, "cloneCount": 0,
             "reportNum": 0, "createTime": task.create_ms, "taskInfo": task_info(task)}
 
 
@@ -105,7 +106,7 @@ def poll_reply(state: SimState, task: Task, status: str, sig: str | None) -> dic
     """The answer to GET /tasks/{id} (and the body of a replyUrl callback)."""
     eta, queue = _eta(state, task, status)
     url = video_url(task, sig) if status == SUCCEED and sig else None
-    works = [] if status == "submitted" else [work(task, status, url)]
+    works = [] if status == "submitted" else [work(task, status, url, state.config.clip_size)]
     return {**trio(status), "etaTime": eta, "etaTimeOverSla": False, "queuingEtaTime": queue,
             "originEtaTime": eta, "originQueuingEtaTime": queue, **_message(task, status),
             "task": task_record(state, task, status), "works": works}
@@ -114,7 +115,7 @@ def poll_reply(state: SimState, task: Task, status: str, sig: str | None) -> dic
 def history_entry(state: SimState, task: Task, sig: str | None) -> dict[str, Any]:
     status = state.status_of(task)
     url = video_url(task, sig) if status == SUCCEED and sig else None
-    works = [] if status == "submitted" else [work(task, status, url)]
+    works = [] if status == "submitted" else [work(task, status, url, state.config.clip_size)]
     return {"task": task_record(state, task, status), "works": works, **trio(status)}
 
 
