@@ -9,7 +9,9 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -53,7 +55,7 @@ def frames_from_last_keyframe(video: Path) -> tuple[int, int]:
 
 def bench_render(folder: Path) -> None:
     start, end = picture(640, 384, 0), picture(640, 384, 2)
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "cross-fade (start+end)": {"start": start, "end": end},
         "one image, gentle zoom/pan": {"start": start, "end": None},
         "one image, motion=spin": {"start": start, "end": None, "motion": "spin"},
@@ -61,7 +63,7 @@ def bench_render(folder: Path) -> None:
     print("render_clip, 5 s at 320x192, 24 fps (median of 5):")
     for label, images in cases.items():
         out = folder / "clip.mp4"
-        seconds = median_seconds(lambda o=out, i=images: render_clip(o, duration=5, **i), 5)
+        seconds = median_seconds(partial(render_clip, out, duration=5, **images), 5)
         verdict = "ok" if seconds < RENDER_TARGET_S else "OVER"
         print(f"  {label:30s} {seconds:6.3f} s  (target < {RENDER_TARGET_S} s: {verdict})")
 

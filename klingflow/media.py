@@ -218,7 +218,9 @@ def _plane_arrays(frame: av.VideoFrame) -> list[np.ndarray]:
     """The visible part of each plane of a planar 8-bit frame."""
     arrays = []
     for plane in frame.planes:
-        rows = np.frombuffer(plane, dtype=np.uint8).reshape(plane.height, plane.line_size)
+        rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(
+            plane.height, plane.line_size
+        )
         arrays.append(rows[:, : plane.width])
     return arrays
 
@@ -365,18 +367,17 @@ def _count_frames(
 
 
 def probe(video: Path) -> VideoInfo:
-    """Size, duration, frame count, frame rate and codec of the first video stream."""
+    """Size, duration, frame count, frame rate and codec of the first video stream.
+
+    A stream without timing (raw H.264) gets its duration from frames / fps.
+    """
     with _open_video(video) as (container, stream):
         ctx = stream.codec_context
         rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(
-            width=ctx.width,
-            height=ctx.height,
-            duration=_duration(container, stream),
-            frames=stream.frames or _count_frames(container, stream),
-            fps=float(rate) if rate else 0.0,
-            codec=ctx.name,
-        )
+        fps = float(rate) if rate else 0.0
+        frames = stream.frames or _count_frames(container, stream)
+        duration = _duration(container, stream) or (frames / fps if fps else 0.0)
+        return VideoInfo(ctx.width, ctx.height, duration, frames, fps, ctx.name)
 
 
 # ---- colour: each stream converted with its own matrix and range -------------------
@@ -506,14 +507,17 @@ def _copy_packets(
 ) -> int:
     """Append `video`'s packets shifted by `offset` ticks; return the offset after it."""
     with _open_video(video) as (container, stream):
-        packets = [p for p in container.demux(stream) if p.pts is not None and p.dts is not None]
-        if not packets:
+        timed = [
+            (p, p.pts, p.dts)
+            for p in container.demux(stream)
+            if p.pts is not None and p.dts is not None
+        ]
+        if not timed:
             raise MediaError(video, "has no video packets")
-        first = min(p.pts for p in packets)
-        end = max(p.pts + (p.duration or 0) for p in packets)
-        for packet in packets:
-            packet.pts += offset - first
-            packet.dts += offset - first
+        first = min(pts for _, pts, _ in timed)
+        end = max(pts + (packet.duration or 0) for packet, pts, _ in timed)
+        for packet, pts, dts in timed:
+            packet.pts, packet.dts = pts + offset - first, dts + offset - first
             packet.stream = out_stream
             output.mux(packet)
         return offset + end - first

@@ -60,9 +60,15 @@ def _frames_from_last_keyframe(video: Path) -> int:
     return len(packets) - last_key
 
 
+def _pts_in_decode_order(video: Path) -> list[int]:
+    return [packet.pts for packet in _packets(video) if packet.pts is not None]
+
+
 def _largest_pts_seconds(video: Path) -> float:
-    packets = _packets(video)
-    return float(max(packet.pts for packet in packets) * packets[0].time_base)
+    with av.open(str(video)) as container:
+        time_base = container.streams.video[0].time_base
+    assert time_base is not None
+    return float(max(_pts_in_decode_order(video)) * time_base)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +179,7 @@ def test_last_frame_with_b_frames_is_the_largest_pts(
 ) -> None:
     video = tmp_path / "bframes.mp4"
     render_clip(video, start=start, end=end, duration=5, preset="veryfast", gop=48)
-    pts_in_decode_order = [packet.pts for packet in _packets(video)]
+    pts_in_decode_order = _pts_in_decode_order(video)
     assert pts_in_decode_order != sorted(pts_in_decode_order)  # frames really arrive out of order
 
     result = extract_last_frame(video, tmp_path / "last.png")
@@ -181,6 +187,42 @@ def test_last_frame_with_b_frames_is_the_largest_pts(
     assert result.pts_seconds == pytest.approx(_largest_pts_seconds(video))
     assert result.frames_decoded <= _frames_from_last_keyframe(video)
     assert _mad(Image.open(result.path), fit_image(end, SIZE)) < 6
+
+
+def _remuxed(video: Path, out: Path, container_format: str) -> Path:
+    with av.open(str(video)) as source, av.open(str(out), "w", format=container_format) as target:
+        stream = target.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                target.mux(packet)
+    return out
+
+
+def test_last_frame_falls_back_to_a_full_decode_when_the_seek_yields_nothing(
+    clips: Path, tmp_path: Path, end: Image.Image
+) -> None:
+    """MPEG-TS: the seek to the end succeeds but decodes nothing."""
+    video = _remuxed(clips / "five.mp4", tmp_path / "five.ts", "mpegts")
+
+    result = extract_last_frame(video, tmp_path / "last.png")
+
+    assert result.frames_decoded == 120
+    assert result.pts_seconds == pytest.approx(_largest_pts_seconds(video))
+    assert _mad(Image.open(result.path), fit_image(end, SIZE)) < 6
+
+
+def test_last_frame_falls_back_to_a_full_decode_when_the_seek_fails(
+    clips: Path, tmp_path: Path, end: Image.Image
+) -> None:
+    """Raw H.264 cannot seek (and has no timestamps: the last frame decoded is the last)."""
+    video = _remuxed(clips / "five.mp4", tmp_path / "five.h264", "h264")
+
+    result = extract_last_frame(video, tmp_path / "last.png")
+
+    assert result.frames_decoded == 120
+    assert _mad(Image.open(result.path), fit_image(end, SIZE)) < 6
+    assert probe(video).frames == 120
 
 
 # ---- colour: each stream's own matrix and range -------------------------------------
@@ -344,7 +386,7 @@ def test_frames_made_ahead_keep_order_and_errors() -> None:
             yield number
 
     assert list(_prefetched(items(None), depth=3)) == list(range(20))
-    made = []
+    made: list[int] = []
     with pytest.raises(RuntimeError, match="drawing failed"):
         made.extend(_prefetched(items(7), depth=3))
     assert made == list(range(7))
