@@ -17,6 +17,7 @@ class Issue:
     line: int
     col: int
     message: str
+    shown: str = ""  # the path as shown, when it differs from `path` (an expanded step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,201 @@
+"""`load_pipeline`: the one way from a YAML file to a checked `Pipeline`.
+
+YAML -> JSON Schema -> semantic checks -> frozen records. Every problem of the
+file is collected in one pass; a value the schema rejected is not checked again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from klingflow.errors import PipelineError, Problem
+from klingflow.spec.graph import find_cycles
+from klingflow.spec.issues import DocPath, Issue, YamlDocument
+from klingflow.spec.pipeline import Pipeline, Position, PriceEntry, Step
+from klingflow.spec.refs import Names, StepEntry
+from klingflow.spec.schemacheck import schema_issues
+from klingflow.spec.sections import (
+    read_accounts,
+    read_inputs,
+    read_outputs,
+    read_prices,
+    read_vars,
+)
+from klingflow.spec.source import read_source
+from klingflow.spec.steps import MAX_EXPANSIONS, StepBuilder, Written
+from klingflow.spec.wording import path_text
+from klingflow.spec.yamlload import parse_yaml
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    """The checked pipeline at `path`; PipelineError with every problem otherwise."""
+    shown = str(path)
+    text, issue = read_source(path)
+    if text is None:
+        raise _error(shown, [issue] if issue else [], None)
+    doc, issues = parse_yaml(text)
+    if doc is None:
+        raise _error(shown, issues, None)
+    issues += _shape_issues(doc)
+    earlier = len(issues)
+    pipeline = _Checked(doc, path, shown).run(issues) if _has_steps(doc.data) else None
+    if issues or pipeline is None:
+        raise _error(shown, issues, doc, earlier)
+    return pipeline
+
+
+def _shape_issues(doc: YamlDocument) -> list[Issue]:
+    if doc.data is None:
+        return [Issue((), 1, 1, "the file holds no YAML document; a pipeline needs "
+                                "version: 1, name and steps")]
+    return schema_issues(doc)
+
+
+def _has_steps(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("steps"), list)
+
+
+def _error(shown: str, issues: list[Issue], doc: YamlDocument | None,
+           earlier: int | None = None) -> PipelineError:
+    """Problems of `issues`; a later check's issue where an earlier one already is, is dropped."""
+    data = doc.data if doc else None
+    cut = len(issues) if earlier is None else earlier
+    taken = {(i.line, i.col) for i in issues[:cut]}
+    kept = issues[:cut] + [i for i in issues[cut:] if (i.line, i.col) not in taken]
+    return PipelineError(_unique([
+        Problem(shown, i.line, i.col, i.shown or path_text(i.path, data), i.message)
+        for i in kept]))
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    """One problem per place and message (a matrix repeats a default's problem)."""
+    seen: dict[tuple[int, int, str], Problem] = {}
+    for problem in problems:
+        seen.setdefault((problem.line, problem.col, problem.message), problem)
+    return list(seen.values())
+
+
+class _Checked:
+    """The semantic checks of one schema-checked document."""
+
+    def __init__(self, doc: YamlDocument, path: Path, shown: str) -> None:
+        self.doc, self.path, self.shown = doc, path, shown
+        self.data: dict[str, Any] = doc.data
+        self.broken: set[DocPath] = set()  # sections and steps the earlier checks rejected
+
+    def run(self, issues: list[Issue]) -> Pipeline | None:
+        self.broken = {i.path[:2] for i in issues} | {i.path[:1] for i in issues}
+        table = self._table(issues)
+        names = Names(self._vars(issues), frozenset(self._section("inputs")), table)
+        steps = self._steps(names, table, issues)
+        outputs = read_outputs(self.doc, self._clean("outputs"), table, issues)
+        inputs = read_inputs(self.doc, self._clean("inputs"),
+                             Names(names.vars, names.inputs, table, runtime=False),
+                             self.path.parent, issues)
+        prices = read_prices(self.doc, self._prices(), issues)
+        if issues:
+            return None
+        return self._pipeline(steps, inputs, outputs, names, prices)
+
+    def _prices(self) -> list[dict[str, Any]]:
+        raw = self.data.get("prices")
+        return raw if isinstance(raw, list) and ("prices",) not in self.broken else []
+
+    def _section(self, key: str) -> dict[str, Any]:
+        value = self.data.get(key)
+        return value if isinstance(value, dict) else {}
+
+    def _clean(self, key: str) -> dict[str, Any]:
+        return self._section(key) if (key,) not in self.broken else {}
+
+    def _vars(self, issues: list[Issue]) -> dict[str, Any]:
+        raw = {k: v for k, v in self._section("vars").items()
+               if isinstance(v, (str, int, float)) and not isinstance(v, bool)}
+        return read_vars(self.doc, raw, issues)
+
+    def _table(self, issues: list[Issue]) -> dict[str, StepEntry]:
+        table: dict[str, StepEntry] = {}
+        for n, raw in enumerate(self.data["steps"]):
+            step_id = raw.get("id") if isinstance(raw, dict) else None
+            if not isinstance(step_id, str):
+                continue
+            if step_id in table:
+                self._duplicate(n, step_id, issues)
+                continue
+            table[step_id] = StepEntry(step_id, self._expansions(n, raw, issues), "matrix" in raw)
+        return table
+
+    def _duplicate(self, n: int, step_id: str, issues: list[Issue]) -> None:
+        first = next(i for i, s in enumerate(self.data["steps"])
+                     if isinstance(s, dict) and s.get("id") == step_id)
+        line = self.doc.value_at(("steps", first, "id"))[0]
+        at = ("steps", n, "id")
+        issues.append(Issue(at, *self.doc.value_at(at), f"duplicate step id '{step_id}' "
+                                                        f"(first at line {line}); ids must be unique"))
+
+    def _expansions(self, n: int, raw: dict[str, Any], issues: list[Issue]) -> tuple[str, ...] | None:
+        matrix = raw.get("matrix")
+        if matrix is None:
+            return (raw["id"],)
+        if ("steps", n) in self.broken:
+            return None
+        count = 1
+        for values in matrix.values():
+            count *= len(values)
+        if count > MAX_EXPANSIONS:
+            at = ("steps", n, "matrix")
+            issues.append(Issue(at, *self.doc.value_at(at), f"the matrix expands to {count:,} "
+                                                            f"steps; at most {MAX_EXPANSIONS:,}"))
+            return None
+        return tuple(f"{raw['id']}@{i}" for i in range(count))
+
+    def _steps(self, names: Names, table: Mapping[str, StepEntry],
+               issues: list[Issue]) -> list[Step]:
+        if ("defaults",) in self.broken:
+            return []
+        builder = StepBuilder(self.doc, self.shown, names, self._defaults(),
+                              self._accounts(), _order(table))
+        steps = []
+        for n, raw in enumerate(self.data["steps"]):
+            if ("steps", n) not in self.broken:
+                steps += builder.build(n, raw)
+        issues += builder.issues
+        issues += self._cycles(steps, builder.edges)
+        return steps
+
+    def _defaults(self) -> dict[str, Written]:
+        return {k: Written(v, ("defaults", k)) for k, v in self._section("defaults").items()}
+
+    def _accounts(self) -> frozenset[str] | None:
+        return frozenset(self._section("accounts")) if "accounts" in self.data else None
+
+    def _cycles(self, steps: list[Step],
+                edges: Mapping[tuple[str, str], tuple[DocPath, str]]) -> list[Issue]:
+        issues = []
+        for cycle in find_cycles(steps):
+            at, shown = edges[(cycle[0], cycle[1] if len(cycle) > 1 else cycle[0])]
+            text = " -> ".join([*cycle, cycle[0]])
+            issues.append(Issue(at, *self.doc.value_at(at), f"a cycle: {text}; a step cannot "
+                                "wait for itself: remove one of these references", shown))
+        return issues
+
+    def _pipeline(self, steps: list[Step], inputs: Any, outputs: Any, names: Names,
+                  prices: tuple[PriceEntry, ...]) -> Pipeline:
+        limits = self._section("limits")
+        return Pipeline(
+            path=self.path, name=self.data["name"], description=self.data.get("description", ""),
+            accounts=read_accounts(self._section("accounts")), inputs=inputs, vars=names.vars,
+            max_jobs=limits.get("max_jobs"), budget=limits.get("budget"),
+            budget_position=self._where(("limits", "budget")) if "budget" in limits else None,
+            prices=prices,
+            steps=tuple(steps), outputs=outputs)
+
+    def _where(self, at: DocPath) -> Position:
+        return Position(self.shown, *self.doc.value_at(at))
+
+
+def _order(table: Mapping[str, StepEntry]) -> dict[str, int]:
+    ids = [i for entry in table.values() for i in (entry.expansions or ())]
+    return {step_id: n for n, step_id in enumerate(ids)}

@@ -1,0 +1,120 @@
+"""Kling's rules for one step's parameters, from the tables in `klingflow.models`.
+
+Pure functions: parameters in, `(field, message)` out; `field` None is the step
+as a whole. A field the model would silently ignore is an error (the user would
+pay for a clip without it), except `mode: pro` on a pro-only model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+from klingflow.models import (
+    AUDIO_ALWAYS,
+    AUDIO_NEEDS_PRO,
+    DEFAULT_MODEL,
+    EFFECTS,
+    MAX_PROMPT,
+    MODELS,
+    ModelRules,
+)
+from klingflow.spec.pipeline import Template, Value
+from klingflow.spec.wording import one_of, show
+
+Finding = tuple[str | None, str]
+
+
+def frames_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
+    rules = MODELS[str(params.get("model_name", DEFAULT_MODEL))]
+    yield from _frames(rules, params)
+    yield from _ignored(rules, params)
+    yield from _audio(rules, params)
+    yield from _prompt_lengths(params)
+
+
+def _frames(rules: ModelRules, params: Mapping[str, Value]) -> Iterator[Finding]:
+    if "image" not in params and "image_tail" not in params:
+        yield None, "a frames step needs image or image_tail (a start or an end frame)"
+    elif rules.needs_image and "image" not in params:
+        yield None, (f"{rules.name} needs a start frame; add image (only kling-v1-5 and "
+                     "kling-v1-6 can start from image_tail alone)")
+    duration = params.get("duration")
+    if duration is not None and duration not in rules.durations:
+        yield "duration", f"{show(duration)} is not one of {one_of(rules.durations)} for {rules.name}"
+    mode = params.get("mode")
+    if mode is not None and rules.pro_only and mode != "pro":
+        yield "mode", f"{rules.name} runs in pro mode only and ignores mode: {mode}; remove mode"
+    elif mode is not None and not rules.pro_only and mode not in rules.modes:
+        yield "mode", f"{show(mode)} is not one of {one_of(rules.modes)} for {rules.name}"
+
+
+def _ignored(rules: ModelRules, params: Mapping[str, Value]) -> Iterator[Finding]:
+    unsupported = {"image_tail": rules.image_tail, "negative_prompt": rules.negative_prompt,
+                   "cfg_scale": rules.cfg_scale}
+    for field, supported in unsupported.items():
+        if field in params and supported is False:
+            yield field, (f"{rules.name} does not support {field} and would ignore it; remove "
+                          f"it or use a model that does: {', '.join(_supporting(field))}")
+
+
+def _supporting(field: str) -> list[str]:
+    return [name for name, rules in MODELS.items() if getattr(rules, field) is not False]
+
+
+def _audio(rules: ModelRules, params: Mapping[str, Value]) -> Iterator[Finding]:
+    if "enable_audio" not in params:
+        return
+    if rules.audio == AUDIO_ALWAYS:
+        yield "enable_audio", (f"{rules.name} always generates audio and does not accept "
+                               "enable_audio; remove it")
+    mode = rules.effective_mode(_text(params.get("mode")), has_tail="image_tail" in params)
+    if rules.audio == AUDIO_NEEDS_PRO and params["enable_audio"] is True and mode != "pro":
+        yield "enable_audio", (f"native audio on {rules.name} needs mode: pro (this step runs "
+                               f"{mode}); set mode: pro or remove enable_audio")
+
+
+def _text(value: Value | None) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _prompt_lengths(params: Mapping[str, Value]) -> Iterator[Finding]:
+    for field in ("prompt", "negative_prompt"):
+        value = params.get(field)
+        length = _length(value) if value is not None else 0
+        if length > MAX_PROMPT:
+            yield field, (f"{field} is {length} characters long (after ${{vars.*}} "
+                          f"substitution); at most {MAX_PROMPT}")
+
+
+def _length(value: Value) -> int:
+    if isinstance(value, Template):
+        return sum(len(p) for p in value.parts if isinstance(p, str))
+    return len(str(value))
+
+
+def effect_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
+    if "effect" not in params:
+        yield None, "an effect step needs effect (a name from the effects catalogue)"
+    if "image" not in params:
+        yield None, "an effect step needs image"
+    effect = EFFECTS.get(str(params.get("effect")))
+    if effect is not None:
+        yield from _effect(effect.name, effect.effect_supported, effect.modes,
+                           effect.prompt_supported, params)
+    yield from _prompt_lengths(params)
+
+
+def _effect(name: str, supported: bool, modes: tuple[str, ...], prompts: bool,
+            params: Mapping[str, Value]) -> Iterator[Finding]:
+    if not supported:
+        yield "effect", (f"effect '{name}' is not available (effectSupported is false in the "
+                         "catalogue); choose another effect")
+    mode = params.get("mode")
+    if mode is None and "std" not in modes:
+        yield "effect", f"effect '{name}' runs in {one_of(modes)} mode only; add mode: {modes[0]}"
+    elif mode is not None and mode not in modes:
+        yield "mode", f"{show(mode)} is not one of {one_of(modes)} for effect '{name}'"
+    if "prompt" in params and not prompts:
+        takers = [e.name for e in EFFECTS.values() if e.prompt_supported and e.effect_supported]
+        yield "prompt", (f"effect '{name}' ignores prompt; remove it (effects that use a "
+                         f"prompt: {', '.join(takers)})")

@@ -1,0 +1,245 @@
+"""Steps: defaults merged, matrix expanded, references resolved, rules checked."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from klingflow.models import DEFAULT_MODEL, MODELS
+from klingflow.spec.issues import DocPath, Issue, YamlDocument
+from klingflow.spec.pipeline import Position, Ref, Step, Template, Value
+from klingflow.spec.refs import Names, RefError, has_refs, resolve_text, step_name
+from klingflow.spec.rules import Finding, effect_findings, frames_findings
+from klingflow.spec.schemacheck import value_issues
+from klingflow.spec.wording import did_you_mean, show
+
+API_FIELDS = {
+    "frames": ("image", "image_tail", "prompt", "negative_prompt", "cfg_scale", "duration",
+               "model_name", "mode", "enable_audio"),
+    "effect": ("effect", "image", "prompt", "mode"),
+}
+RUN_FIELDS = ("account", "retries", "timeout")
+TYPED_FIELDS = frozenset(("account", "retries", "timeout", "cfg_scale", "duration",
+                          "model_name", "mode", "enable_audio", "effect"))
+IMAGE_FIELDS = frozenset(("image", "image_tail"))
+RUNTIME_FIELDS = IMAGE_FIELDS | {"prompt", "negative_prompt"}
+DEFAULT_RETRIES = 3
+DEFAULT_TIMEOUT = 1800.0
+MAX_EXPANSIONS = 10_000
+_WHOLE_MATRIX = re.compile(r"\$\{\s*matrix\.([^{}.\s]+)\s*\}")
+
+
+class _Bad(Exception):
+    """A value already reported; the step is not checked further."""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A value and where it was written."""
+
+    value: Any
+    at: DocPath
+
+
+@dataclass(slots=True)
+class StepBuilder:
+    doc: YamlDocument
+    file: str
+    names: Names
+    defaults: Mapping[str, Written]
+    accounts: frozenset[str] | None  # None: the file declares no accounts
+    order: Mapping[str, int]  # expanded step id -> its place in the file
+    issues: list[Issue] = field(default_factory=list)
+    edges: dict[tuple[str, str], tuple[DocPath, str]] = field(default_factory=dict)
+
+    def build(self, index: int, raw: dict[str, Any]) -> list[Step]:
+        """The step's expansions (one without a matrix); none when it is broken."""
+        combos = self._combos(index, raw.get("matrix"))
+        if combos is None:
+            return []
+        fields = self._fields(index, raw)
+        steps = []
+        for n, combo in enumerate(combos):
+            step_id = f"{raw['id']}@{n}" if "matrix" in raw else raw["id"]
+            built = self._expansion(index, raw, step_id, fields, combo)
+            steps += [built] if built else []
+        return steps
+
+    def _fields(self, index: int, raw: dict[str, Any]) -> dict[str, Written]:
+        kind_fields = API_FIELDS[raw["kind"]] + RUN_FIELDS
+        merged = {k: w for k, w in self.defaults.items() if k in kind_fields}
+        merged.update({k: Written(v, ("steps", index, k)) for k, v in raw.items()
+                       if k in kind_fields})
+        return merged
+
+    def _combos(self, index: int, matrix: Any) -> list[dict[str, Written]] | None:
+        if matrix is None:
+            return [{}]
+        columns = []
+        for key, values in matrix.items():
+            column = [self._matrix_value(v, ("steps", index, "matrix", key, j))
+                      for j, v in enumerate(values)]
+            columns.append([(key, w) for w in column])
+        if any(w is None for column in columns for _, w in column):
+            return None
+        return [dict(combo) for combo in itertools.product(*columns)]  # type: ignore[arg-type]
+
+    def _matrix_value(self, value: Any, at: DocPath) -> Written | None:
+        if not (isinstance(value, str) and has_refs(value)):
+            return Written(value, at)
+        try:
+            return Written(resolve_text(value, self.names), at)
+        except RefError as exc:
+            self._report(at, str(exc))
+            return None
+
+    def _report(self, at: DocPath, message: str, shown: str = "") -> None:
+        self.issues.append(Issue(at, *self.doc.value_at(at), message, shown))
+
+    def _expansion(self, index: int, raw: dict[str, Any], step_id: str,
+                   fields: Mapping[str, Written], combo: dict[str, Written]) -> Step | None:
+        label = f"steps[{index}] (id: {step_id})"
+        names = replace(self.names, matrix={k: w.value for k, w in combo.items()}) \
+            if "matrix" in raw else self.names
+        try:
+            values = {k: self._value(k, w, names, combo, f"{label}.{k}") for k, w in fields.items()}
+        except _Bad:
+            return None
+        values = _applicable(raw["kind"], values)
+        needs = self._needs(index, raw, step_id, values, label)
+        if needs is None or not self._rules_hold(raw["kind"], values, label, index):
+            return None
+        return self._step(index, raw, step_id, values, needs)
+
+    def _value(self, name: str, written: Written, names: Names, combo: dict[str, Written],
+               shown: str) -> Written:
+        value, at = written.value, written.at
+        if isinstance(value, str) and has_refs(value):
+            at = _matrix_origin(value, combo) or at
+            value = self._resolved(name, value, names, at, shown)
+        if name == "duration" and isinstance(value, str):
+            value = int(value)
+        if name in ("prompt", "negative_prompt") and not isinstance(value, (str, Template)):
+            value = str(value)
+        if name in IMAGE_FIELDS:
+            self._check_image(value, at, shown)
+        return Written(value, at)
+
+    def _resolved(self, name: str, text: str, names: Names, at: DocPath, shown: str) -> Any:
+        try:
+            value = resolve_text(text, replace(names, runtime=name in RUNTIME_FIELDS))
+        except RefError as exc:
+            self._fail(at, str(exc), shown)
+        if name in TYPED_FIELDS and isinstance(value, Template):
+            self._fail(at, f"{name} must be known before the run; a reference to an input or "
+                           "a step cannot be used here", shown)
+        problems = value_issues(value, name, at, self.doc) if name in TYPED_FIELDS else []
+        if problems:
+            self._fail(at, problems[0].message, shown)
+        return value
+
+    def _fail(self, at: DocPath, message: str, shown: str) -> None:
+        self._report(at, message, shown)
+        raise _Bad
+
+    def _check_image(self, value: Any, at: DocPath, shown: str) -> None:
+        if isinstance(value, Template) and len(value.parts) == 1:
+            ref = value.parts[0]
+            if isinstance(ref, Ref) and ref.attr == "video":
+                self._fail(at, f"{ref.text} is a clip, not an image; use "
+                               f"${{steps.{ref.name}.first_frame}} or "
+                               f"${{steps.{ref.name}.last_frame}}", shown)
+            return
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            return
+        self._fail(at, f"{show(value) if not isinstance(value, Template) else 'this text'} is "
+                       "not an image: write ${inputs.NAME}, ${steps.ID.last_frame} or an "
+                       "http(s) URL", shown)
+
+    def _needs(self, index: int, raw: dict[str, Any], step_id: str,
+               values: Mapping[str, Written], label: str) -> list[str] | None:
+        needs: list[str] = []
+        ok = True
+        for j, name in enumerate(raw.get("needs", ())):
+            at = ("steps", index, "needs", j)
+            try:
+                ids = step_name(name, self.names.steps, f"needs: {name}", whole_matrix=True)
+            except RefError as exc:
+                self._report(at, str(exc), f"{label}.needs[{j}]")
+                ok = False
+                continue
+            needs += self._edges(step_id, ids or (), at, f"{label}.needs[{j}]")
+        for key, written in values.items():
+            if isinstance(written.value, Template):
+                ids = [r.name for r in written.value.refs if r.scope == "steps"]
+                needs += self._edges(step_id, ids, written.at, f"{label}.{key}")
+        return needs if ok else None
+
+    def _edges(self, step_id: str, ids: Any, at: DocPath, shown: str) -> list[str]:
+        for needed in ids:
+            self.edges.setdefault((step_id, needed), (at, shown))
+        return list(ids)
+
+    def _rules_hold(self, kind: str, values: Mapping[str, Written], label: str,
+                    index: int) -> bool:
+        params = {k: w.value for k, w in values.items() if k not in RUN_FIELDS}
+        findings = _findings(kind, params)
+        ok = self._account_holds(values.get("account"), label)
+        for name, message in findings:
+            at = values[name].at if name else ("steps", index)
+            self._report(at, message, f"{label}.{name}" if name else label)
+            ok = False
+        return ok
+
+    def _account_holds(self, written: Written | None, label: str) -> bool:
+        if written is None:
+            return True
+        alias = written.value
+        if self.accounts is None:
+            message = (f"account '{alias}' is not declared: the file has no accounts; add "
+                       f"accounts: {{{alias}: {{email: ...}}}}")
+        elif alias not in self.accounts:
+            hint = did_you_mean(alias, self.accounts) or f"; declared: {', '.join(self.accounts)}"
+            message = f"unknown account '{alias}'{hint}"
+        else:
+            return True
+        self._report(written.at, message, f"{label}.account")
+        return False
+
+    def _step(self, index: int, raw: dict[str, Any], step_id: str,
+              values: Mapping[str, Written], needs: list[str]) -> Step:
+        params: dict[str, Value] = {k: w.value for k, w in values.items() if k not in RUN_FIELDS}
+        run = {k: values[k].value for k in RUN_FIELDS if k in values}
+        return Step(
+            id=step_id, kind=raw["kind"], params=params, account=run.get("account"),
+            needs=tuple(sorted(set(needs), key=self.order.__getitem__)), retries=run.get("retries", DEFAULT_RETRIES),
+            timeout=float(run.get("timeout", DEFAULT_TIMEOUT)),
+            position=self._position(("steps", index)), base_id=raw["id"],
+            positions={k: self._position(w.at) for k, w in values.items() if k in params})
+
+    def _position(self, at: DocPath) -> Position:
+        return Position(self.file, *self.doc.value_at(at))
+
+
+def _applicable(kind: str, values: dict[str, Written]) -> dict[str, Written]:
+    """Without a default `mode` on a pro-only model, which takes no mode at all."""
+    mode = values.get("mode")
+    model = values.get("model_name")
+    rules = MODELS.get(str(model.value) if model else DEFAULT_MODEL)
+    if kind == "frames" and mode and mode.at[0] == "defaults" and rules and rules.pro_only:
+        return {k: w for k, w in values.items() if k != "mode"}
+    return values
+
+
+def _matrix_origin(text: str, combo: dict[str, Written]) -> DocPath | None:
+    """Where the matrix value came from, for a text that is exactly `${matrix.KEY}`."""
+    match = _WHOLE_MATRIX.fullmatch(text)
+    written = combo.get(match.group(1)) if match else None
+    return written.at if written else None
+
+
+def _findings(kind: str, params: Mapping[str, Value]) -> Iterator[Finding]:
+    return frames_findings(params) if kind == "frames" else effect_findings(params)
