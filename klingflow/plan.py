@@ -310,7 +310,9 @@ def build_plan(pipeline: Pipeline) -> Plan:
     steps = tuple(plan_step(s, pipeline, resolve=resolve, prices=prices)
                   for s in execution_order(pipeline.steps))
     known = sum(s.credits for s in steps if s.credits is not None)
-    _check_budget(pipeline, known)
+    problems = budget_problems(pipeline, known)
+    if problems:
+        raise PipelineError(problems)
     return Plan(
         name=pipeline.name, path=str(pipeline.path), description=pipeline.description,
         max_jobs=pipeline.max_jobs, budget=pipeline.budget, steps=steps,
@@ -319,15 +321,26 @@ def build_plan(pipeline: Pipeline) -> Plan:
         unknown=tuple(s.id for s in steps if s.credits is None))
 
 
-def _check_budget(pipeline: Pipeline, known: int) -> None:
+def known_cost(pipeline: Pipeline) -> int:
+    """The credits of every step whose price is known (the table, then `prices:`)."""
+    prices = _pipeline_prices(pipeline)
+    return sum(_price(_price_key(s), prices)[0] or 0 for s in pipeline.steps)
+
+
+def budget_problems(pipeline: Pipeline, known: int | None = None) -> list[Problem]:
+    """The located problem of a budget the known cost already exceeds (empty if none).
+
+    The loader may call it last, so `klingflow validate` reports it with the rest.
+    """
+    known = known_cost(pipeline) if known is None else known
     if pipeline.budget is None or known <= pipeline.budget:
-        return
+        return []
     where = pipeline.budget_position
     file, line, col = (where.file, where.line, where.col) if where else (str(pipeline.path), 1, 1)
-    raise PipelineError([Problem(
+    return [Problem(
         file, line, col, "limits.budget",
         f"the known cost of {known} credits exceeds the budget of {pipeline.budget}; "
-        "raise limits.budget or remove steps")])
+        "raise limits.budget or remove steps")]
 
 
 def _account_totals(pipeline: Pipeline, steps: tuple[PlannedStep, ...]) -> tuple[AccountTotal, ...]:

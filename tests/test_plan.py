@@ -13,6 +13,7 @@ from klingflow.models import PRICES, PriceKey
 from klingflow.plan import (
     ENDPOINTS,
     Plan,
+    budget_problems,
     build_plan,
     endpoint_of,
     execution_order,
@@ -269,6 +270,16 @@ def test_budget_exceeded_by_known_cost() -> None:
     assert [str(p) for p in info.value.problems] == [
         "pipelines/t.yaml:12:11: limits.budget: the known cost of 120 credits exceeds the "
         "budget of 100; raise limits.budget or remove steps"]
+
+
+def test_budget_problems_for_the_loader() -> None:
+    steps = (step("a", image=ref("inputs.hero"), duration=10),
+             step("fx", "effect", effect="rocket", image=ref("inputs.hero")))
+    assert budget_problems(pipeline(*steps, budget=40)) == []
+    assert budget_problems(pipeline(*steps)) == []
+    assert [str(p) for p in budget_problems(pipeline(*steps, budget=39))] == [
+        "pipelines/t.yaml:12:11: limits.budget: the known cost of 40 credits exceeds the "
+        "budget of 39; raise limits.budget or remove steps"]
 
 
 def test_budget_equal_to_cost_and_unknown_prices_pass() -> None:
