@@ -175,12 +175,22 @@ _AVCOL_BT709 = 1
 
 
 @contextmanager
+def _create_mp4(out: Path) -> Iterator[av.container.OutputContainer]:
+    """An MP4 open for writing; failing to write it is a `MediaError` naming it."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(out), mode="w", format="mp4") as container:
+            yield container
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(out, f"cannot write video: {_reason(exc)}") from exc
+
+
+@contextmanager
 def _writer(
     out: Path, *, size: tuple[int, int], fps: int, gop: int, preset: str, crf: int
 ) -> Iterator[tuple[av.container.OutputContainer, av.video.stream.VideoStream]]:
     """An MP4 with one H.264 yuv420p stream tagged BT.709 limited, closed on exit."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(out), mode="w", format="mp4") as container:
+    with _create_mp4(out) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
@@ -524,7 +534,7 @@ def _copy_packets(
 
 
 def _remux(videos: Sequence[Path], out: Path) -> None:
-    with av.open(str(out), mode="w", format="mp4") as output:
+    with _create_mp4(out) as output:
         with _open_video(videos[0]) as (_, template):
             out_stream = output.add_stream_from_template(template)
         offset = 0

@@ -390,3 +390,11 @@ def test_frames_made_ahead_keep_order_and_errors() -> None:
     with pytest.raises(RuntimeError, match="drawing failed"):
         made.extend(_prefetched(items(7), depth=3))
     assert made == list(range(7))
+
+
+def test_unwritable_output_is_a_media_error(tmp_path: Path, start: Image.Image) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+
+    with pytest.raises(MediaError, match=r"^clip\.mp4: cannot write video: "):
+        render_clip(blocker / "clip.mp4", start=start, end=None, duration=1)
