@@ -277,8 +277,10 @@ def _clip_frames(
     size: tuple[int, int],
 ) -> Iterator[av.VideoFrame]:
     """The clip's frames: a cross-fade from start to end, moved by the motion."""
-    first = _to_planes(fit_image(start or end, size))  # type: ignore[arg-type]
-    last = _to_planes(fit_image(end, size)) if start and end else first
+    only = start if start is not None else end
+    assert only is not None  # render_clip checked
+    first = _to_planes(fit_image(only, size))
+    last = _to_planes(fit_image(end, size)) if start is not None and end is not None else first
     span = max(count - 1, 1)
     for index in range(count):
         t = index / span
