@@ -98,6 +98,8 @@ def _enum(value: list[Any], schema: dict[str, Any], root: Root) -> Check:
 
 
 def _const(value: Any, schema: dict[str, Any], root: Root) -> Check:
+    if isinstance(value, str):
+        return lambda v: v == value and isinstance(v, str)
     return lambda v: _same(v, value)
 
 

@@ -29,6 +29,7 @@ RUNTIME_FIELDS = IMAGE_FIELDS | {"prompt", "negative_prompt"}
 DEFAULT_RETRIES = 3
 DEFAULT_TIMEOUT = 1800.0
 MAX_EXPANSIONS = 10_000
+_DECISIVE = frozenset(("model_name", "effect", "mode"))  # the rules depend on these
 _WHOLE_MATRIX = re.compile(r"\$\{\s*matrix\.([^{}.\s]+)\s*\}")
 
 
@@ -54,6 +55,8 @@ class StepBuilder:
     order: Mapping[str, int]  # expanded step id -> its place in the file
     issues: list[Issue] = field(default_factory=list)
     edges: dict[tuple[str, str], tuple[DocPath, str]] = field(default_factory=dict)
+    _resolved_texts: dict[tuple[str, bool], Any] = field(default_factory=dict)
+    _positions: dict[DocPath, Position] = field(default_factory=dict)
 
     def build(self, index: int, raw: dict[str, Any]) -> list[Step]:
         """The step's expansions (one without a matrix); none when it is broken."""
@@ -64,8 +67,7 @@ class StepBuilder:
         steps = []
         for n, combo in enumerate(combos):
             step_id = f"{raw['id']}@{n}" if "matrix" in raw else raw["id"]
-            built = self._expansion(index, raw, step_id, fields, combo)
-            steps += [built] if built else []
+            steps.append(self._expansion(index, raw, step_id, fields, combo))
         return steps
 
     def _fields(self, index: int, raw: dict[str, Any]) -> dict[str, Written]:
@@ -100,19 +102,29 @@ class StepBuilder:
         self.issues.append(Issue(at, *self.doc.value_at(at), message, shown))
 
     def _expansion(self, index: int, raw: dict[str, Any], step_id: str,
-                   fields: Mapping[str, Written], combo: dict[str, Written]) -> Step | None:
+                   fields: Mapping[str, Written], combo: dict[str, Written]) -> Step:
         label = f"steps[{index}] (id: {step_id})"
         names = replace(self.names, matrix={k: w.value for k, w in combo.items()}) \
             if "matrix" in raw else self.names
-        try:
-            values = {k: self._value(k, w, names, combo, f"{label}.{k}") for k, w in fields.items()}
-        except _Bad:
-            return None
+        values, bad = self._values(fields, names, combo, label)
         values = _applicable(raw["kind"], values)
         needs = self._needs(index, raw, step_id, values, label)
-        if needs is None or not self._rules_hold(raw["kind"], values, label, index):
-            return None
+        self._account_holds(values.get("account"), label)
+        if not bad & _DECISIVE:
+            self._check_rules(raw["kind"], values, bad, label, index)
         return self._step(index, raw, step_id, values, needs)
+
+    def _values(self, fields: Mapping[str, Written], names: Names, combo: dict[str, Written],
+                label: str) -> tuple[dict[str, Written], set[str]]:
+        """The fields' values resolved, and the names of those that could not be."""
+        values, bad = {}, set()
+        for key, written in fields.items():
+            try:
+                values[key] = self._value(key, written, names, combo, f"{label}.{key}") \
+                    if _worked(key, written.value) else written
+            except _Bad:
+                values[key], bad = written, bad | {key}
+        return values, bad
 
     def _value(self, name: str, written: Written, names: Names, combo: dict[str, Written],
                shown: str) -> Written:
@@ -130,7 +142,7 @@ class StepBuilder:
 
     def _resolved(self, name: str, text: str, names: Names, at: DocPath, shown: str) -> Any:
         try:
-            value = resolve_text(text, replace(names, runtime=name in RUNTIME_FIELDS))
+            value = self._resolve_text(text, names, name in RUNTIME_FIELDS)
         except RefError as exc:
             self._fail(at, str(exc), shown)
         if name in TYPED_FIELDS and isinstance(value, Template):
@@ -140,6 +152,21 @@ class StepBuilder:
         if problems:
             self._fail(at, problems[0].message, shown)
         return value
+
+    def _resolve_text(self, text: str, names: Names, runtime: bool) -> Any:
+        """`resolve_text`, remembered outside a matrix (texts repeat across steps)."""
+        if names.matrix is not None:
+            return resolve_text(text, replace(names, runtime=runtime))
+        key = (text, runtime)
+        if key not in self._resolved_texts:
+            try:
+                self._resolved_texts[key] = resolve_text(text, replace(names, runtime=runtime))
+            except RefError as exc:
+                self._resolved_texts[key] = exc
+        found = self._resolved_texts[key]
+        if isinstance(found, RefError):
+            raise found
+        return found
 
     def _fail(self, at: DocPath, message: str, shown: str) -> None:
         self._report(at, message, shown)
@@ -160,43 +187,39 @@ class StepBuilder:
                        "http(s) URL", shown)
 
     def _needs(self, index: int, raw: dict[str, Any], step_id: str,
-               values: Mapping[str, Written], label: str) -> list[str] | None:
+               values: Mapping[str, Written], label: str) -> list[str]:
         needs: list[str] = []
-        ok = True
         for j, name in enumerate(raw.get("needs", ())):
             at = ("steps", index, "needs", j)
             try:
                 ids = step_name(name, self.names.steps, f"needs: {name}", whole_matrix=True)
             except RefError as exc:
                 self._report(at, str(exc), f"{label}.needs[{j}]")
-                ok = False
                 continue
             needs += self._edges(step_id, ids or (), at, f"{label}.needs[{j}]")
         for key, written in values.items():
             if isinstance(written.value, Template):
                 ids = [r.name for r in written.value.refs if r.scope == "steps"]
                 needs += self._edges(step_id, ids, written.at, f"{label}.{key}")
-        return needs if ok else None
+        return needs
 
     def _edges(self, step_id: str, ids: Any, at: DocPath, shown: str) -> list[str]:
         for needed in ids:
             self.edges.setdefault((step_id, needed), (at, shown))
         return list(ids)
 
-    def _rules_hold(self, kind: str, values: Mapping[str, Written], label: str,
-                    index: int) -> bool:
+    def _check_rules(self, kind: str, values: Mapping[str, Written], bad: set[str], label: str,
+                     index: int) -> None:
+        """The model's or effect's rules; not on values already reported."""
         params = {k: w.value for k, w in values.items() if k not in RUN_FIELDS}
-        findings = _findings(kind, params)
-        ok = self._account_holds(values.get("account"), label)
-        for name, message in findings:
-            at = values[name].at if name else ("steps", index)
-            self._report(at, message, f"{label}.{name}" if name else label)
-            ok = False
-        return ok
+        for name, message in _findings(kind, params):
+            if name not in bad:
+                at = values[name].at if name else ("steps", index)
+                self._report(at, message, f"{label}.{name}" if name else label)
 
-    def _account_holds(self, written: Written | None, label: str) -> bool:
-        if written is None:
-            return True
+    def _account_holds(self, written: Written | None, label: str) -> None:
+        if written is None or not isinstance(written.value, str):
+            return
         alias = written.value
         if self.accounts is None:
             message = (f"account '{alias}' is not declared: the file has no accounts; add "
@@ -205,9 +228,8 @@ class StepBuilder:
             hint = did_you_mean(alias, self.accounts) or f"; declared: {', '.join(self.accounts)}"
             message = f"unknown account '{alias}'{hint}"
         else:
-            return True
+            return
         self._report(written.at, message, f"{label}.account")
-        return False
 
     def _step(self, index: int, raw: dict[str, Any], step_id: str,
               values: Mapping[str, Written], needs: list[str]) -> Step:
@@ -215,13 +237,24 @@ class StepBuilder:
         run = {k: values[k].value for k in RUN_FIELDS if k in values}
         return Step(
             id=step_id, kind=raw["kind"], params=params, account=run.get("account"),
-            needs=tuple(sorted(set(needs), key=self.order.__getitem__)), retries=run.get("retries", DEFAULT_RETRIES),
+            needs=tuple(sorted(set(needs), key=self.order.__getitem__)),
+            retries=run.get("retries", DEFAULT_RETRIES),
             timeout=float(run.get("timeout", DEFAULT_TIMEOUT)),
             position=self._position(("steps", index)), base_id=raw["id"],
             positions={k: self._position(w.at) for k, w in values.items() if k in params})
 
     def _position(self, at: DocPath) -> Position:
-        return Position(self.file, *self.doc.value_at(at))
+        found = self._positions.get(at)
+        if found is None:
+            found = self._positions[at] = Position(self.file, *self.doc.value_at(at))
+        return found
+
+
+def _worked(name: str, value: Any) -> bool:
+    """Whether a value needs more than taking as written (most values do not)."""
+    if type(value) is str:
+        return "${" in value or name in IMAGE_FIELDS or name == "duration"
+    return name in IMAGE_FIELDS or name == "prompt" or name == "negative_prompt"
 
 
 def _applicable(kind: str, values: dict[str, Written]) -> dict[str, Written]:
