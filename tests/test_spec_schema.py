@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 
 from klingflow.models import EFFECTS, MODELS, MODES
 from klingflow.spec.fastschema import compile_check
-from tests.spec_helpers import HEAD, problems
+from tests.test_spec_helpers import HEAD, problems
 
 
 def _schema() -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from klingflow.spec.yamlload import parse_yaml
-from tests.spec_helpers import HEAD, problems
+from tests.test_spec_helpers import HEAD, problems
 
 STEP = "steps:\n  - {id: a, kind: effect, effect: rocket, image: 'https://x.test/a.png'}\n"
 
