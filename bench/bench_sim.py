@@ -170,7 +170,7 @@ async def poll_all(base: str, tasks: list[tuple[int, str]], connections: int) ->
     times: list[float] = []
     async with anyio.create_task_group() as group:
         for _ in range(connections):
-            group.start_soon(_poller, url.host, url.port, paths, times)
+            group.start_soon(_poller, url.host, url.port or 80, paths, times)
     return times
 
 

@@ -437,6 +437,8 @@ async def test_effects_catalogue() -> None:
         assert by_name["cartoon"]["promptSupported"] is True
         cover = await s.client.get(by_name["rocket"]["coverUrl"])
         assert cover.headers["content-type"] == "image/jpeg"
+        sample = await s.client.get(by_name["rocket"]["webVideoUrl"])
+        assert sample.headers["content-type"] == "video/mp4" and sample.content[4:8] == b"ftyp"
 
 
 async def test_history_newest_first_with_time_filters() -> None:

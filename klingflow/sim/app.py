@@ -18,6 +18,8 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
+from klingflow import media
+from klingflow.models import EFFECTS
 from klingflow.sim import replies
 from klingflow.sim.config import SimConfig
 from klingflow.sim.faults import Visit
@@ -212,6 +214,15 @@ async def _effect_cover(request: Request) -> Response:
                     media_type="image/jpeg")
 
 
+async def _effect_video(request: Request) -> Response:
+    effect = EFFECTS.get(request.path_params["name"])
+    if effect is None or effect.motion not in media.MOTIONS:
+        return _json(replies.NOT_FOUND, 404)
+    picture = pattern_image(f"effect:{effect.name}")
+    clip = await _service(request).renderer.preview(effect.name, effect.motion, picture)
+    return FileResponse(clip, media_type="video/mp4")
+
+
 async def _ledger(request: Request) -> Response:
     return _json(_service(request).ledger())
 
@@ -225,6 +236,7 @@ def _sim_routes() -> list[Route]:
         Route("/_sim/media/{task_id:int}/{name}", _media),
         Route("/_sim/assets/{name}", _asset),
         Route("/_sim/effects/{name}.jpg", _effect_cover),
+        Route("/_sim/effects/{name}.mp4", _effect_video),
         Route("/_sim/ledger", _ledger),
         Route("/_sim/stats", _stats),
     ]

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 
+from klingflow.errors import UsageError
+
 DEFAULT_ACCOUNT = ("sim@example.com", 3)
 CLIP_SIZE = (400, 304)
 """Width, height of rendered clips: small to render fast, yet at least 300 px on each
@@ -46,11 +48,18 @@ class Faults:
         return cls(rates)
 
 
+MAX_JOBS_RANGE = (1, 50)
+
+
 def parse_account(text: str) -> tuple[str, int]:
-    """`email:maxJobs` (maxJobs defaults to 1) -> (email, max_jobs)."""
+    """`email:maxJobs` (maxJobs defaults to 1) -> (email, max_jobs); ValueError if bad."""
     email, sep, jobs = text.rpartition(":")
-    if not sep or not jobs.strip().isdigit():
-        return text.strip(), 1
+    if not sep:
+        email, jobs = text, "1"
+    low, high = MAX_JOBS_RANGE
+    if not email.strip() or not jobs.strip().isdigit() or not low <= int(jobs) <= high:
+        raise ValueError(f"account {text!r}: expected EMAIL:MAX_JOBS with MAX_JOBS from "
+                         f"{low} to {high}, e.g. a@example.com:3")
     return email.strip(), int(jobs)
 
 
@@ -90,6 +99,12 @@ class SimConfig:
 
 def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: str,
                     speed: float) -> SimConfig:
-    parsed = [parse_account(a) for a in accounts] or [DEFAULT_ACCOUNT]
-    return SimConfig(token=token, accounts=parsed, seed=seed, faults=Faults.parse(faults),
-                     speed=speed)
+    """A SimConfig from `klingflow sim serve` options; UsageError names a bad one."""
+    try:
+        parsed = [parse_account(a) for a in accounts] or [DEFAULT_ACCOUNT]
+        parsed_faults = Faults.parse(faults)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if speed <= 0:
+        raise UsageError(f"--speed must be above 0, got {speed}")
+    return SimConfig(token=token, accounts=parsed, seed=seed, faults=parsed_faults, speed=speed)

@@ -60,6 +60,21 @@ class Renderer:
                           motion=task.order.motion, size=self.size)
         partial.replace(out)
 
+    async def preview(self, name: str, motion: str, picture: Image.Image) -> Path:
+        """An effect's sample clip (its catalogue `webVideoUrl`), rendered once."""
+        out = self.directory() / f"effect-{name}.mp4"
+        if not out.exists():
+            async with self._locks.setdefault(-1, anyio.Lock()):
+                if not out.exists():
+                    await anyio.to_thread.run_sync(self._render_preview, out, motion, picture)
+        return out
+
+    def _render_preview(self, out: Path, motion: str, picture: Image.Image) -> None:
+        partial = out.with_suffix(".part.mp4")
+        media.render_clip(partial, start=picture, end=None, duration=2, motion=motion,
+                          size=self.size)
+        partial.replace(out)
+
     async def cover(self, task: Task) -> bytes:
         """A JPEG poster: the clip's last picture (its end image, else its start)."""
         return await anyio.to_thread.run_sync(self._cover, task)
