@@ -146,7 +146,7 @@ def test_local_inputs_are_checked(tmp_path: Path) -> None:
     (tmp_path / "big.png").write_bytes(b"\0" * (10 * 1024 * 1024 + 1))
     from PIL import Image
     Image.new("RGB", (400, 400)).save(tmp_path / "pic.gif")
-    text = HEAD + f"""\
+    text = HEAD + """\
 inputs:
   ok: ok.png
   gone: missing.png
@@ -156,7 +156,7 @@ inputs:
   gif: pic.gif
   ftp: ftp://x.test/a.png
 steps:
-  - {{id: a, kind: frames, image: "${{inputs.ok}}"}}
+  - {id: a, kind: frames, image: "${inputs.ok}"}
 """
     lines = problems(tmp_path, text)
     assert lines == [

@@ -65,8 +65,16 @@ def _error(shown: str, issues: list[Issue], doc: YamlDocument | None,
     taken = {(i.line, i.col) for i in issues[:cut]}
     kept = issues[:cut] + [i for i in issues[cut:] if (i.line, i.col) not in taken]
     return PipelineError(_unique([
-        Problem(shown, i.line, i.col, i.shown or path_text(i.path, data), i.message)
+        Problem(shown, i.line, i.col, _printable(i.shown or path_text(i.path, data)),
+                _printable(i.message))
         for i in kept]))
+
+
+def _printable(text: str) -> str:
+    """Control characters (YAML escapes can make them) escaped, so a problem stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -51,6 +51,6 @@ def path_text(path: DocPath, data: Any) -> str:
             if isinstance(node, dict) and isinstance(node.get("id"), str):
                 text += f" (id: {node['id']})"
         else:
-            text += f".{part}" if text else part
+            text += f".{part}" if text and part else part if part else "['']"
             node = node.get(part) if isinstance(node, dict) else None
     return text or "<document>"

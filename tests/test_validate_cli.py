@@ -1,0 +1,68 @@
+"""`klingflow validate`: problems on stderr then a count, exit 2; `PATH: ok (N steps)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from klingflow.cli import main
+from tests.conftest import PIPELINES
+
+GOOD = """\
+version: 1
+name: good
+steps:
+  - {id: a, kind: effect, effect: rocket, image: "https://x.test/a.png"}
+  - {id: b, kind: frames, image: "${steps.a.last_frame}"}
+"""
+BAD = """\
+version: 1
+name: bad
+steps:
+  - {id: a, kind: frames, image: "https://x.test/a.png", duration: 7}
+  - {id: b, kind: frames, image: "https://x.test/a.png", enable_audio: yes}
+"""
+
+
+def test_valid_file_prints_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "good.yaml"
+    path.write_text(GOOD)
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr()
+    assert out.out == f"{path}: ok (2 steps)\n"
+    assert out.err == ""
+
+
+def test_problems_then_count_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(GOOD)
+    bad.write_text(BAD)
+    assert main(["validate", str(good), str(bad)]) == 2
+    out = capsys.readouterr()
+    assert out.out == f"{good}: ok (2 steps)\n"
+    assert out.err.splitlines() == [
+        f"{bad}:4:68: steps[0] (id: a).duration: 7 is not one of 5, 10 for kling-v2-1",
+        f"{bad}:5:72: steps[1] (id: b).enable_audio: 'yes' is not of type 'boolean'; "
+        "write true or false",
+        "2 problems found"]
+
+
+def test_file_is_shown_as_given(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "pipes").mkdir()
+    (tmp_path / "pipes" / "p.yaml").write_text("version: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", "pipes/p.yaml"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "pipes/p.yaml:1:1: <document>: missing required key 'name'",
+        "pipes/p.yaml:1:1: <document>: missing required key 'steps'",
+        "2 problems found"]
+
+
+EXAMPLES = sorted(PIPELINES.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_pipeline_validates(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
