@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -88,6 +89,16 @@ def _run_exit_code(report: dict[str, Any]) -> int:
     return EXIT_STEP_FAILED
 
 
+def _cmd_lock(args: argparse.Namespace) -> int:
+    from klingflow.runner import backend_name, rebuild_lock
+
+    backend = "sim" if args.sim else backend_name(
+        os.environ.get("KLINGFLOW_API_BASE", "https://api.useapi.net/v1/kling"))
+    path, locked, total = rebuild_lock(Path(args.pipeline), backend)
+    print(f"{path}: {locked} of {total} steps locked from the cache ({backend})")
+    return EXIT_OK
+
+
 def _cmd_sim_serve(args: argparse.Namespace) -> int:
     from klingflow.sim.server import serve
 
@@ -121,6 +132,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("schema", help="print a JSON Schema (default: the pipeline file's)")
     p.add_argument("name", nargs="?", default="pipeline", choices=("pipeline", "plan", "report"))
     p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("lock", help="rebuild a pipeline's lock file from the cache")
+    p.add_argument("pipeline", metavar="PIPELINE")
+    p.add_argument("--sim", action="store_true", help="from the simulator's results")
+    p.set_defaults(func=_cmd_lock)
 
     _add_run_parser(sub)
     _add_sim_parser(sub)

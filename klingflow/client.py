@@ -214,7 +214,7 @@ class KlingClient:
         if created_after_ms is not None:
             params["createdAfter"] = created_after_ms
         data = await self._get_json("tasks", params)
-        entries = data.get("tasks", data) if isinstance(data, Mapping) else data
+        entries = data.get("history", []) if isinstance(data, Mapping) else data
         return [parse_task(entry) for entry in entries]
 
     async def scheduler(self) -> list[SchedulerEntry]:

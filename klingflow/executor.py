@@ -190,7 +190,8 @@ class Executor:
         self.results = {s.id: StepResult(s.id) for s in self.order}
         self._done = {s.id: anyio.Event() for s in self.order}
         self._slots = self._make_slots()
-        self._budget = Budget(options.budget if options.budget is not None else pipeline.budget)
+        self._budget = Budget(options.budget if options.budget is not None else pipeline.budget,
+                              spent=self._spent_before())
         self._uploads: dict[str, str] = dict(self.prior.uploads)
         self._upload_locks: dict[str, anyio.Lock] = {}
         self._claimed: set[int] = set()
@@ -214,6 +215,13 @@ class Executor:
     def stop_submitting(self) -> None:
         """No new submissions (fail-fast, Ctrl-C); tasks already paid for go on."""
         self._stopping = True
+
+    def _spent_before(self) -> int:
+        """On resume: credits of the tasks this run directory already paid for."""
+        paid = {sid for sid, sub in self.prior.submissions.items() if sub.task_id is not None}
+        paid |= {sid for sid, done in self.prior.finished.items()
+                 if done.get("event") == "succeeded"}
+        return sum(self.credits.get(sid) or 0 for sid in paid)
 
     def _make_slots(self) -> Slots:
         total = self.options.max_jobs or self.pipeline.max_jobs

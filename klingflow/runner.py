@@ -37,6 +37,7 @@ from klingflow.store import (
     latest_run_dir,
     new_run_id,
 )
+from klingflow.verdicts import verdicts
 
 SIM_POLL_INTERVAL = 0.2
 REAL_POLL_INTERVAL = 15.0
@@ -194,3 +195,18 @@ def _run_status(executor: Executor, interrupted: bool) -> tuple[str, str | None]
         return "interrupted", "interrupted by the user; continue with --resume"
     ok = all(r.status in (SUCCEEDED, CACHED) for r in executor.results.values())
     return ("succeeded", None) if ok else ("failed", None)
+
+
+def rebuild_lock(pipeline_path: Path, backend: str) -> tuple[Path, int, int]:
+    """Write the lock again from the cache alone; (lock path, steps locked, steps in all)."""
+    pipeline = load_pipeline(pipeline_path)
+    plan = build_plan(pipeline)
+    found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
+                     Cache(default_cache_root(pipeline.path)), backend, locked_keys={})
+    entries = {sid: entry_for(plan, sid, key=v.entry.key, task_id=v.entry.task_id,
+                              account=v.entry.account, credits=v.entry.credits,
+                              outputs=v.entry.outputs)
+               for sid, v in found.items() if v.entry is not None}
+    path = lock_path(pipeline.path)
+    write_lock(path, name=pipeline.name, backend=backend, plan=plan, entries=entries)
+    return path, len(entries), len(plan.steps)
