@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 MIN_SIDE = 300
 MAX_BYTES = 10 * 1024 * 1024
 FORMATS = ("PNG", "JPEG")
@@ -18,6 +16,8 @@ def image_problem(path: Path, written: str) -> str | None:
     size = path.stat().st_size
     if size > MAX_BYTES:
         return f"{written!r} is {size / 1024 / 1024:.1f} MB; an input image is at most 10 MB"
+    from PIL import Image, UnidentifiedImageError  # only pipelines with local files need it
+
     try:
         with Image.open(path) as image:
             found, (width, height) = image.format, image.size

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import cache
-from typing import Any
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
+from typing import TYPE_CHECKING, Any
 
 from klingflow.schema_files import load_schema
 from klingflow.spec.fastschema import Check, compile_check
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.wording import did_you_mean, one_of, show
+
+if TYPE_CHECKING:  # jsonschema is imported only when a file is invalid (it costs ~80 ms)
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 _TYPE_HINTS = {
     "boolean": "write true or false",
@@ -42,6 +43,8 @@ def _schema() -> dict[str, Any]:
 @cache
 def _validator(definition: str) -> Draft202012Validator:
     """The validator of one `$defs` entry."""
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator({"$defs": _schema()["$defs"], "$ref": f"#/$defs/{definition}"})
 
 
@@ -56,6 +59,8 @@ def _top_validator() -> Draft202012Validator:
     """The whole file's validator without the steps' items (checked one by one)."""
     schema = _schema()
     steps = {k: v for k, v in schema["properties"]["steps"].items() if k != "items"}
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator({**schema, "properties": {**schema["properties"], "steps": steps}})
 
 

@@ -155,12 +155,14 @@ class StepBuilder:
 
     def _resolve_text(self, text: str, names: Names, runtime: bool) -> Any:
         """`resolve_text`, remembered outside a matrix (texts repeat across steps)."""
+        if names.runtime != runtime:
+            names = replace(names, runtime=runtime)
         if names.matrix is not None:
-            return resolve_text(text, replace(names, runtime=runtime))
+            return resolve_text(text, names)
         key = (text, runtime)
         if key not in self._resolved_texts:
             try:
-                self._resolved_texts[key] = resolve_text(text, replace(names, runtime=runtime))
+                self._resolved_texts[key] = resolve_text(text, names)
             except RefError as exc:
                 self._resolved_texts[key] = exc
         found = self._resolved_texts[key]
@@ -246,7 +248,8 @@ class StepBuilder:
     def _position(self, at: DocPath) -> Position:
         found = self._positions.get(at)
         if found is None:
-            found = self._positions[at] = Position(self.file, *self.doc.value_at(at))
+            line_col = self.doc.values.get(at) or self.doc.value_at(at)
+            found = self._positions[at] = Position(self.file, *line_col)
         return found
 
 
