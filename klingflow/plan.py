@@ -443,6 +443,9 @@ def _total_lines(plan: Plan) -> list[str]:
     if plan.budget is not None:
         lines.append(f"  budget: {plan.budget} credits, {plan.budget - plan.credits} left "
                      "after the known cost")
+    if plan.budget is not None and plan.unknown:
+        lines.append(f"  warning: under a budget the run refuses a step of unknown price "
+                     f"({', '.join(plan.unknown)}); add its price under prices:")
     return lines
 
 

@@ -287,7 +287,10 @@ def test_budget_equal_to_cost_and_unknown_prices_pass() -> None:
              step("fx", "effect", effect="rocket", image=ref("inputs.hero")))
     plan = build_plan(pipeline(*steps, budget=40))
     assert plan.credits == 40
-    assert "budget: 40 credits, 0 left after the known cost" in format_plan(plan)
+    assert format_plan(plan).endswith(
+        "  budget: 40 credits, 0 left after the known cost\n"
+        "  warning: under a budget the run refuses a step of unknown price (fx); "
+        "add its price under prices:")
 
 
 def test_json_matches_schema_and_content() -> None:
