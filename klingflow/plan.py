@@ -422,7 +422,7 @@ def _line(cells: tuple[str, ...], widths: list[int]) -> str:
 
 def _account_text(alias: str | None, email: str | None) -> str:
     if alias is None:
-        return "(picked at run time)"
+        return "(any account)"
     return f"{alias} <{email}>" if email else alias
 
 
