@@ -116,7 +116,7 @@ def _numeric(test: Callable[[Any, Any], bool]) -> Callable[..., Check]:
 
 def _sized(kind: type, test: Callable[[int, int], bool]) -> Callable[..., Check]:
     def build(value: int, schema: dict[str, Any], root: Root) -> Check:
-        return lambda v: not isinstance(v, kind) or test(len(v), value)
+        return lambda v: not isinstance(v, kind) or test(len(v), value)  # type: ignore[arg-type]
     return build
 
 

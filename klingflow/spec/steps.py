@@ -117,7 +117,8 @@ class StepBuilder:
     def _values(self, fields: Mapping[str, Written], names: Names, combo: dict[str, Written],
                 label: str) -> tuple[dict[str, Written], set[str]]:
         """The fields' values resolved, and the names of those that could not be."""
-        values, bad = {}, set()
+        values: dict[str, Written] = {}
+        bad: set[str] = set()
         for key, written in fields.items():
             try:
                 values[key] = self._value(key, written, names, combo, f"{label}.{key}") \
@@ -201,8 +202,8 @@ class StepBuilder:
             needs += self._edges(step_id, ids or (), at, f"{label}.needs[{j}]")
         for key, written in values.items():
             if isinstance(written.value, Template):
-                ids = [r.name for r in written.value.refs if r.scope == "steps"]
-                needs += self._edges(step_id, ids, written.at, f"{label}.{key}")
+                refs = [r.name for r in written.value.refs if r.scope == "steps"]
+                needs += self._edges(step_id, refs, written.at, f"{label}.{key}")
         return needs
 
     def _edges(self, step_id: str, ids: Any, at: DocPath, shown: str) -> list[str]:

@@ -113,7 +113,9 @@ class _Builder:
             return frame.path, event
         self._key(frame, event)
         value_event = self.parser.get_event()
-        return (*frame.path, frame.key) if not frame.skip else _SKIPPED, value_event
+        if frame.skip or frame.key is None:
+            return _SKIPPED, value_event
+        return (*frame.path, frame.key), value_event
 
     def _key(self, frame: _Frame, event: Any) -> None:
         frame.skip = False
