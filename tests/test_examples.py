@@ -7,7 +7,10 @@ example's own `prices:`, step by step, independently of the planner.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +89,8 @@ def plan_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
 
 
 def test_every_example_is_listed() -> None:
-    assert sorted(p.stem for p in PIPELINES.glob("*.yaml")) == sorted(EXAMPLES)
+    found = [p.stem for p in PIPELINES.glob("*.yaml") if not p.name.endswith(".lock.yaml")]
+    assert sorted(found) == sorted(EXAMPLES)
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
@@ -223,3 +227,21 @@ def test_budget_equal_to_the_known_cost_passes(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", str(_copy_with_budget(tmp_path, 75))]) == 0
     assert "budget: 75 credits, 0 left after the known cost" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_example_runs_on_the_simulator_at_its_planned_cost(name: str, tmp_path: Path) -> None:
+    """The README's `klingflow run pipelines/NAME.yaml --sim`, as a user runs it."""
+    shutil.copytree(PIPELINES, tmp_path / "pipelines",
+                    ignore=shutil.ignore_patterns("*.lock.yaml", "*.py", ".klingflow"))
+    env = {**os.environ, "KLINGFLOW_HOME": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "klingflow", "run", f"pipelines/{name}.yaml", "--sim",
+         "--sim-speed", "20", "--json", "--out", "runs"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "succeeded"
+    assert [s["id"] for s in report["steps"]] == list(EXAMPLES[name].steps)
+    assert {o["status"] for o in report["outputs"].values()} == {"ready"}
+    assert report["totals"]["credits"] == EXAMPLES[name].credits
