@@ -63,7 +63,17 @@ def _load(path: Path) -> Pipeline:
     pipeline = _Checked(doc, path, shown).run(issues) if _has_steps(doc.data) else None
     if issues or pipeline is None:
         raise _error(shown, issues, doc, earlier)
+    over_budget = _budget_problems(pipeline)
+    if over_budget:
+        raise PipelineError(over_budget)
     return pipeline
+
+
+def _budget_problems(pipeline: Pipeline) -> list[Problem]:
+    """A budget the known cost already exceeds; the planner knows the cost."""
+    from klingflow.plan import budget_problems  # the planner imports this package
+
+    return budget_problems(pipeline)
 
 
 def _shape_issues(doc: YamlDocument) -> list[Issue]:
