@@ -205,12 +205,7 @@ def _budget_position(path: Path) -> tuple[int, int]:
     raise AssertionError("no budget line")
 
 
-VALIDATE_CHECKS_BUDGET = pytest.mark.xfail(
-    strict=True, reason="load_pipeline does not call klingflow.plan.budget_problems yet")
-
-
-@pytest.mark.parametrize("command", [
-    ["plan"], ["plan", "--json"], pytest.param(["validate"], marks=VALIDATE_CHECKS_BUDGET)])
+@pytest.mark.parametrize("command", [["plan"], ["plan", "--json"], ["validate"]])
 def test_budget_exceeded(tmp_path: Path, command: list[str],
                          capsys: pytest.CaptureFixture[str]) -> None:
     path = _copy_with_budget(tmp_path, 74)
