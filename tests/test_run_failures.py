@@ -129,7 +129,7 @@ def test_fail_fast_stops_new_submissions(isolated: Path,
     steps += [frames_step(f"later{i}", f"later shot {i}", account="a") for i in range(6)]
     path = write_pipeline(isolated / "p", "fail-fast", steps,
                           accounts={"a": ("a@example.com", 1)})
-    code, out, err = run_cli(["run", str(path), "--sim", *FAST, "--fail-fast",
+    code, _out, err = run_cli(["run", str(path), "--sim", *FAST, "--fail-fast",
                               "--out", str(isolated / "runs")], capsys)
     assert code == 1, err
     report = read_report(only_run_dir(isolated / "runs", "fail-fast"))
@@ -153,7 +153,7 @@ def test_without_fail_fast_the_rest_goes_on(isolated: Path,
     steps = [frames_step("bad", "a forbidden scene", account="a")]
     steps += [frames_step(f"later{i}", f"later shot {i}", account="a") for i in range(3)]
     path = write_pipeline(isolated / "p", "goes-on", steps, accounts={"a": ("a@example.com", 2)})
-    code, out, err = run_cli(["run", str(path), "--sim", *FAST,
+    code, _out, err = run_cli(["run", str(path), "--sim", *FAST,
                               "--out", str(isolated / "runs")], capsys)
     assert code == 1, err
     report = read_report(only_run_dir(isolated / "runs", "goes-on"))
