@@ -103,7 +103,9 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
     from klingflow.sim.server import serve
 
     serve(host=args.host, port=args.port, token=args.token, accounts=args.account,
-          seed=args.seed, faults=args.faults, speed=args.speed)
+          seed=args.seed, faults=args.faults, speed=args.speed,
+          state_dir=Path(args.state) if args.state else None,
+          task_seconds=args.task_seconds, slow_seconds=args.slow_seconds)
     return EXIT_OK
 
 
@@ -186,6 +188,13 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02,slow=0.05,expire=0.05")
     p.add_argument("--speed", type=float, default=1.0,
                    help="time scale: 2 makes tasks finish twice as fast")
+    p.add_argument("--task-seconds", type=float, default=2.0, metavar="SECONDS",
+                   help="how long a task takes at speed 1 (default 2)")
+    p.add_argument("--slow-seconds", type=float, default=3.0, metavar="SECONDS",
+                   help="delay of a 'slow' fault at speed 1 (default 3)")
+    p.add_argument("--state", metavar="DIR",
+                   help="keep the service's state (accounts, uploads, tasks) in DIR, so it "
+                        "survives a restart; processes may share DIR")
     p.set_defaults(func=_cmd_sim_serve)
 
 

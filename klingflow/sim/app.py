@@ -28,8 +28,8 @@ from klingflow.sim.images import pattern_image
 from klingflow.sim.render import jpeg
 from klingflow.sim.rules import EFFECTS_ENDPOINT, FRAMES
 from klingflow.sim.service import Outcome, SimService
-from klingflow.sim.shapes import available, effects_catalogue
-from klingflow.sim.state import SUCCEED, body_hash
+from klingflow.sim.shapes import effects_catalogue
+from klingflow.sim.state import body_hash
 from klingflow.sim.transport import ResetResponse
 
 API = "/v1/kling"
@@ -95,7 +95,8 @@ def api_route(path: str, handler: Handler, *, method: str = "GET",
         service.state.requests[label] += 1
         if not _authorized(request, service.config.token):
             return _json(replies.UNAUTHORIZED, 401)
-        visit = service.state.plan.visit(await identity(request))
+        service.origin = _origin(request)
+        visit = service.visit(await identity(request))
         await _maybe_slow(service, visit)
         if generic_faults and service.state.plan.hits("500", visit):
             return _json(replies.SERVER_ERROR, 500)
@@ -132,12 +133,12 @@ def _generation(endpoint: str) -> Handler:
 async def _poll(request: Request, service: SimService, visit: Visit) -> Response:
     expire = service.state.plan.hits("expire", visit)
     reply = service.poll(request.path_params["task_id"], request.query_params.get("email") or None,
-                         expire=expire)
+                         expire=expire, origin=_origin(request))
     return _json(reply)
 
 
 async def _history(request: Request, service: SimService, visit: Visit) -> Response:
-    return _json(service.history(dict(request.query_params)))
+    return _json(service.history(dict(request.query_params), _origin(request)))
 
 
 async def _upload(request: Request, service: SimService, visit: Visit) -> Response:
@@ -164,7 +165,7 @@ async def _scheduler(request: Request, service: SimService, visit: Visit) -> Res
 
 
 async def _available(request: Request, service: SimService, visit: Visit) -> Response:
-    return _json(available(service.state))
+    return _json(service.available())
 
 
 def _api_routes() -> list[Route]:
@@ -191,8 +192,8 @@ def _api_routes() -> list[Route]:
 async def _media(request: Request) -> Response:
     service = _service(request)
     service.state.requests["GET /_sim/media"] += 1
-    task = service.state.tasks.get(request.path_params["task_id"])
-    if task is None or service.state.status_of(task) != SUCCEED:
+    task = service.finished_task(request.path_params["task_id"])
+    if task is None:
         return _json(replies.NOT_FOUND, 404)
     name: str = request.path_params["name"]
     if name.endswith(".jpg"):
@@ -203,10 +204,10 @@ async def _media(request: Request) -> Response:
 
 
 async def _asset(request: Request) -> Response:
-    asset = _service(request).state.assets.get(request.path_params["name"])
+    asset = _service(request).asset(request.path_params["name"])
     if asset is None:
         return _json(replies.NOT_FOUND, 404)
-    return Response(asset.data, media_type=asset.content_type)
+    return Response(asset.content(), media_type=asset.content_type)
 
 
 async def _effect_cover(request: Request) -> Response:
@@ -254,6 +255,7 @@ def create_app(config: SimConfig | None = None) -> Starlette:
                 yield
             finally:
                 group.cancel_scope.cancel()
+                service.close()
 
     app = Starlette(routes=_api_routes() + _sim_routes(), lifespan=lifespan)
     app.state.sim = service

@@ -36,12 +36,14 @@ class Notifier:
     _order: itertools.count[int] = field(default_factory=itertools.count)
     _limit: anyio.CapacityLimiter | None = None
 
-    def schedule(self, task: Task) -> None:
-        """Queue the callbacks of a task that has a replyUrl."""
+    def schedule(self, task: Task, *, after: float | None = None) -> None:
+        """Queue the callbacks of a task that has a replyUrl (those due after `after`:
+        a restarted service does not repeat what its predecessor may have sent)."""
         if not task.order.reply_url:
             return
         for when in (self.state.processing_time(task), self.state.end_time(task)):
-            heapq.heappush(self._due, (when, next(self._order), task.id))
+            if after is None or when > after:
+                heapq.heappush(self._due, (when, next(self._order), task.id))
 
     def due(self) -> list[Task]:
         now = self.state.now()

@@ -70,6 +70,9 @@ class SimConfig:
     `accept_urls` names external https images the sim treats as existing (a set of
     URLs or a predicate); they are rendered as a pattern derived from the URL hash.
     `callback_transport` lets tests deliver replyUrl callbacks in-process.
+    `state_dir` makes the service durable (klingflow.sim.persist): a later process, or
+    another one at the same time, carries on as the same service. Its clock must be
+    the wall clock (time.time, the default then), since task times outlive processes.
     """
 
     token: str = "test-token"
@@ -85,6 +88,11 @@ class SimConfig:
     slow_seconds: float = 3.0
     clip_size: tuple[int, int] = CLIP_SIZE
     callback_transport: httpx.AsyncBaseTransport | None = None
+    state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.state_dir is not None and self.clock is time.monotonic:
+            self.clock = time.time
 
     def accepts_url(self, url: str) -> bool:
         if callable(self.accept_urls):
@@ -98,13 +106,18 @@ class SimConfig:
 
 
 def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: str,
-                    speed: float) -> SimConfig:
+                    speed: float, state_dir: Path | None = None, task_seconds: float = 2.0,
+                    slow_seconds: float = 3.0) -> SimConfig:
     """A SimConfig from `klingflow sim serve` options; UsageError names a bad one."""
     try:
         parsed = [parse_account(a) for a in accounts] or [DEFAULT_ACCOUNT]
         parsed_faults = Faults.parse(faults)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    if speed <= 0:
-        raise UsageError(f"--speed must be above 0, got {speed}")
-    return SimConfig(token=token, accounts=parsed, seed=seed, faults=parsed_faults, speed=speed)
+    for name, value in (("--speed", speed), ("--task-seconds", task_seconds)):
+        if value <= 0:
+            raise UsageError(f"{name} must be above 0, got {value}")
+    if slow_seconds < 0:
+        raise UsageError(f"--slow-seconds must be 0 or more, got {slow_seconds}")
+    return SimConfig(token=token, accounts=parsed, seed=seed, faults=parsed_faults, speed=speed,
+                     state_dir=state_dir, task_seconds=task_seconds, slow_seconds=slow_seconds)

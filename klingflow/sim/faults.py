@@ -47,11 +47,14 @@ class Visit:
 class FaultPlan:
     seed: int
     faults: Faults
-    _seen: Counter[str] = field(default_factory=Counter)
+    changed: set[str] | None = None  # identities visited since the store last wrote them
+    seen: Counter[str] = field(default_factory=Counter)
 
     def visit(self, identity: str) -> Visit:
-        number = self._seen[identity]
-        self._seen[identity] += 1
+        number = self.seen[identity]
+        self.seen[identity] += 1
+        if self.changed is not None:
+            self.changed.add(identity)
         return Visit(identity, number)
 
     def hits(self, kind: str, visit: Visit, *, rate_kind: str | None = None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ class Renderer:
         async with lock:
             if task.id not in self._clips:
                 out = self.directory() / f"{task.id}.mp4"
-                await anyio.to_thread.run_sync(self._render, task, out)
+                if not out.exists():  # a clip is only ever renamed in whole
+                    await anyio.to_thread.run_sync(self._render, task, out)
                 self._clips[task.id] = out
         return self._clips[task.id]
 
@@ -55,7 +57,7 @@ class Renderer:
 
     def _render(self, task: Task, out: Path) -> None:
         start, end = self._images(task)
-        partial = out.with_suffix(".part.mp4")
+        partial = _partial(out)
         media.render_clip(partial, start=start, end=end, duration=task.order.duration,
                           motion=task.order.motion, size=self.size)
         partial.replace(out)
@@ -70,7 +72,7 @@ class Renderer:
         return out
 
     def _render_preview(self, out: Path, motion: str, picture: Image.Image) -> None:
-        partial = out.with_suffix(".part.mp4")
+        partial = _partial(out)
         media.render_clip(partial, start=picture, end=None, duration=2, motion=motion,
                           size=self.size)
         partial.replace(out)
@@ -88,6 +90,11 @@ class Renderer:
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _partial(out: Path) -> Path:
+    """A file to render into, this process's own (another may share the directory)."""
+    return out.with_name(f".{out.stem}.{os.getpid()}.part.mp4")
 
 
 def jpeg(image: Image.Image) -> bytes:

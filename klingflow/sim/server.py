@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 
@@ -59,12 +60,18 @@ def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:
 
 
 def serve(*, host: str, port: int, token: str, accounts: list[str], seed: int, faults: str,
-          speed: float) -> None:
-    """Serve until interrupted (`klingflow sim serve`); prints the base URL first."""
+          speed: float, state_dir: Path | None = None, task_seconds: float = 2.0,
+          slow_seconds: float = 3.0) -> None:
+    """Serve until interrupted (`klingflow sim serve`); prints the base URL first.
+
+    With `state_dir` the service is durable: serve again on it (even after a
+    SIGKILL) and its accounts, uploads and tasks are still there."""
     config = config_from_cli(token=token, accounts=accounts, seed=seed, faults=faults,
-                             speed=speed)
+                             speed=speed, state_dir=state_dir, task_seconds=task_seconds,
+                             slow_seconds=slow_seconds)
     server = _server(config)
     server.config.host, server.config.port = host, port
+    state = f", state in {state_dir}" if state_dir is not None else ""
     print(f"klingflow simulator: http://{host}:{port}{API}  (token {token!r}, accounts "
-          f"{', '.join(f'{e}:{j}' for e, j in config.accounts)})", flush=True)
+          f"{', '.join(f'{e}:{j}' for e, j in config.accounts)}{state})", flush=True)
     server.run()

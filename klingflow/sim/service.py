@@ -1,7 +1,13 @@
 """The simulated service's operations, one method per endpoint, free of HTTP.
 
 Each returns the JSON to answer with or raises `SimError`; generation POSTs return
-an `Outcome`, since a fault may strike after the task was created.
+an `Outcome`, since a fault may strike after the task was created. Each runs in one
+transaction of the store (klingflow.sim.persist), and never awaits inside it.
+
+Result URLs are built from the origin the request came through, never the one a
+task was created through: a persisted task outlives the port it was submitted on.
+Upload URLs are recognised by their path alone (`/_sim/assets/NAME`), whatever
+their host and port, so an upload from before a restart stays valid.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -18,9 +25,10 @@ from klingflow.sim.callbacks import Notifier
 from klingflow.sim.config import SimConfig
 from klingflow.sim.faults import Visit
 from klingflow.sim.images import decode, pattern_image
+from klingflow.sim.persist import open_store
 from klingflow.sim.render import Renderer
 from klingflow.sim.rules import ORDER_BUILDERS, Order
-from klingflow.sim.state import SUCCEED, Asset, SimState, Task, body_hash
+from klingflow.sim.state import FINAL, SUCCEED, Asset, SimState, Task, body_hash
 
 FORBIDDEN = re.compile(r"\bforbidden\b", re.IGNORECASE)
 """A prompt with this word is always refused by moderation at submit (for tests)."""
@@ -50,13 +58,37 @@ class SimService:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.state = SimState(config)
+        self.store = open_store(self.state)
         self.renderer = Renderer(config.media_dir, self.picture, config.clip_size)
         self.notifier = Notifier(self.state, self.callback_body, config.callback_transport)
+        self.origin: str | None = None  # the latest request's, for callbacks
+        self._schedule_loaded()
+
+    def _schedule_loaded(self) -> None:
+        """Callbacks still due for the tasks a persisted service had before."""
+        now = self.state.now()
+        for task in self.state.tasks.values():
+            if self.state.status_of(task, now) not in FINAL:
+                self.notifier.schedule(task, after=now)
+
+    def close(self) -> None:
+        self.store.close()
+        self.renderer.close()
+
+    def visit(self, identity: str) -> Visit:
+        """Count one more request of this identity (faults are decided on the count)."""
+        with self.store.write():
+            return self.state.plan.visit(identity)
 
     # ---- generation ------------------------------------------------------------------
 
     def generate(self, endpoint: str, body: dict[str, Any], visit: Visit,
                  origin: str) -> Outcome:
+        with self.store.write(durable=True):
+            return self._generate(endpoint, body, visit, origin)
+
+    def _generate(self, endpoint: str, body: dict[str, Any], visit: Visit,
+                  origin: str) -> Outcome:
         order = ORDER_BUILDERS[endpoint](body)
         self._check_images(order)
         if FORBIDDEN.search(order.prompt) or FORBIDDEN.search(str(body.get("prompt", ""))):
@@ -107,24 +139,32 @@ class SimService:
     def picture(self, url: str) -> Image.Image:
         """The picture behind an input URL: the uploaded bytes, or a URL pattern."""
         asset = self.state.asset_for_url(url)
-        return decode(asset.data) if asset else pattern_image(url)
+        return decode(asset.content()) if asset else pattern_image(url)
 
     # ---- polling and listing -----------------------------------------------------------
 
-    def poll(self, task_id: int, email: str | None, *, expire: bool) -> dict[str, Any]:
-        task = self.state.task_for(task_id, self.state.account_named(email))
-        task.polls += 1
-        status = self.state.status_of(task)
-        sig = self.state.sign(task, expired=expire) if status == SUCCEED else None
-        return shapes.poll_reply(self.state, task, status, sig)
+    def poll(self, task_id: int, email: str | None, *, expire: bool,
+             origin: str) -> dict[str, Any]:
+        with self.store.write():
+            task = self.state.task_for(task_id, self.state.account_named(email))
+            self.state.count_poll(task)
+            status = self.state.status_of(task)
+            sig = self.state.sign(task, expired=expire) if status == SUCCEED else None
+            return shapes.poll_reply(self.state, task, status, sig, origin)
 
     def callback_body(self, task: Task) -> dict[str, Any]:
-        status = self.state.status_of(task)
-        sig = self.state.sign(task, expired=False) if status == SUCCEED else None
-        return {**shapes.poll_reply(self.state, task, status, sig),
-                "replyRef": task.order.reply_ref}
+        with self.store.write():
+            status = self.state.status_of(task)
+            sig = self.state.sign(task, expired=False) if status == SUCCEED else None
+            return {**shapes.poll_reply(self.state, task, status, sig,
+                                        self.origin or task.origin),
+                    "replyRef": task.order.reply_ref}
 
-    def history(self, query: dict[str, str]) -> dict[str, Any]:
+    def history(self, query: dict[str, str], origin: str) -> dict[str, Any]:
+        with self.store.write():
+            return self._history(query, origin)
+
+    def _history(self, query: dict[str, str], origin: str) -> dict[str, Any]:
         account = self.state.account_named(query.get("email") or None)
         after, before = _ms(query, "createdAfter"), _ms(query, "createdBefore")
         if after is not None and before is not None:
@@ -135,12 +175,13 @@ class SimService:
         size = _page_size(query)
         tasks = self.state.history(account, page_size=size, after=after, before=before) \
             if content == "video" else []
-        return {"history": [self._history_entry(t) for t in tasks]}
+        return {"history": [self._history_entry(t, origin) for t in tasks]}
 
-    def _history_entry(self, task: Task) -> dict[str, Any]:
+    def _history_entry(self, task: Task, origin: str) -> dict[str, Any]:
         done = self.state.status_of(task) == SUCCEED
         return shapes.history_entry(self.state, task,
-                                    self.state.sign(task, expired=False) if done else None)
+                                    self.state.sign(task, expired=False) if done else None,
+                                    origin)
 
     # ---- uploads ---------------------------------------------------------------------
 
@@ -155,7 +196,7 @@ class SimService:
                                       f"{ASSET_LIMITS[family] // MB} MB for {content_type}")
         width, height = _image_size(data) if family == "image" else (0, 0)
         name = f"{hashlib.sha256(data).hexdigest()[:24]}.{EXTENSIONS[content_type]}"
-        self.state.add_asset(Asset(name, content_type, data, account.email, width, height))
+        self._keep_asset(Asset(name, content_type, data, account.email, width, height))
         url = f"{origin}/_sim/assets/{name}"
         reply: dict[str, Any] = {"status": 1 if family == "video" else 3, "url": url,
                                  "fileName": name, "message": ""}
@@ -163,22 +204,50 @@ class SimService:
             reply["resourceUrl"] = url
         return reply
 
+    def _keep_asset(self, asset: Asset) -> None:
+        """The file first (outside the transaction: it may be large), then the row."""
+        path: Path | None = self.store.save_asset(asset.file_name, asset.data)
+        if path is not None:
+            asset = Asset(asset.file_name, asset.content_type, b"", asset.account,
+                          asset.width, asset.height, path=path)
+        with self.store.write(durable=True):
+            self.state.add_asset(asset)
+
+    def asset(self, name: str) -> Asset | None:
+        with self.store.read():
+            return self.state.assets.get(name)
+
     # ---- accounts, scheduler, inspection --------------------------------------------------
 
     def accounts(self) -> dict[str, Any]:
-        return {a.email: shapes.account_entry(self.state, a, balance=False)
-                for a in self.state.accounts.values()}
+        with self.store.read():
+            return {a.email: shapes.account_entry(self.state, a, balance=False)
+                    for a in self.state.accounts.values()}
 
     def account(self, email: str) -> dict[str, Any]:
-        if email not in self.state.accounts:
-            raise replies.SimError(404, {"error": f"Account {email} not found", "code": 404})
-        return shapes.account_entry(self.state, self.state.accounts[email], balance=True)
+        with self.store.read():
+            if email not in self.state.accounts:
+                raise replies.SimError(404, {"error": f"Account {email} not found",
+                                             "code": 404})
+            return shapes.account_entry(self.state, self.state.accounts[email], balance=True)
 
     def scheduler(self) -> list[dict[str, Any]]:
-        return [shapes.scheduler_entry(self.state, t) for t in self.state.unfinished()]
+        with self.store.read():
+            return [shapes.scheduler_entry(self.state, t) for t in self.state.unfinished()]
+
+    def available(self) -> dict[str, Any]:
+        with self.store.read():
+            return shapes.available(self.state)
+
+    def finished_task(self, task_id: int) -> Task | None:
+        """A task whose result can be downloaded (succeeded), or None."""
+        with self.store.read():
+            task = self.state.tasks.get(task_id)
+            return task if task is not None and self.state.status_of(task) == SUCCEED else None
 
     def ledger(self) -> list[dict[str, Any]]:
-        return [self._ledger_entry(t) for t in self.state.tasks.values()]
+        with self.store.read():
+            return [self._ledger_entry(t) for t in self.state.tasks.values()]
 
     def _ledger_entry(self, task: Task) -> dict[str, Any]:
         order = task.order
@@ -190,6 +259,11 @@ class SimService:
                 "effect": order.effect, "mode": order.mode, "duration": order.duration}
 
     def stats(self) -> dict[str, Any]:
+        """Accounts and tasks are the service's; request counts this process's."""
+        with self.store.read():
+            return self._stats()
+
+    def _stats(self) -> dict[str, Any]:
         accounts = {a.email: {"max_jobs": a.max_jobs, "running": self.state.running(a),
                               "peak_running": a.peak_running, "credits_spent": a.spent}
                     for a in self.state.accounts.values()}

@@ -70,9 +70,9 @@ def _resource(url: str | None, size: tuple[int, int], *,
             "resourceKey": ""}
 
 
-def work(task: Task, status: str, video_url: str | None,
-         size: tuple[int, int]) -> dict[str, Any]:
-    cover = f"{task.origin}/_sim/media/{task.id}/{task.work_id}.jpg" if video_url else None
+def work(task: Task, status: str, video_url: str | None, size: tuple[int, int],
+         origin: str) -> dict[str, Any]:
+    cover = f"{origin}/_sim/media/{task.id}/{task.work_id}.jpg" if video_url else None
     return {"workId": task.work_id, "workItemId": 0, "taskId": task.id, "userId": task.user_id,
             "type": TASK_TYPES[task.order.endpoint], **trio(status), "contentType": "video",
             "resource": _resource(video_url, size, duration_ms=task.order.duration * 1000),
@@ -80,8 +80,9 @@ def work(task: Task, status: str, video_url: str | None,
             "reportNum": 0, "createTime": task.create_ms, "taskInfo": task_info(task)}
 
 
-def video_url(task: Task, sig: str) -> str:
-    return f"{task.origin}/_sim/media/{task.id}/{task.work_id}.mp4?sig={sig}"
+def video_url(task: Task, sig: str, origin: str) -> str:
+    """Where the clip is downloaded: through `origin`, the asking request's."""
+    return f"{origin}/_sim/media/{task.id}/{task.work_id}.mp4?sig={sig}"
 
 
 def _eta(state: SimState, task: Task, status: str) -> tuple[int, int]:
@@ -89,7 +90,7 @@ def _eta(state: SimState, task: Task, status: str) -> tuple[int, int]:
     if status in FINAL:
         return 0, 0
     end = max(0.0, state.end_time(task) - now) if not task.doomed else \
-        max(0.0, task.created + state.config.task_duration - now)
+        max(0.0, task.created + task.duration - now)
     queue = max(0.0, state.processing_time(task) - now)
     return int(end * 1000), int(queue * 1000)
 
@@ -102,20 +103,24 @@ def _message(task: Task, status: str) -> dict[str, Any]:
     return {"message": ""}
 
 
-def poll_reply(state: SimState, task: Task, status: str, sig: str | None) -> dict[str, Any]:
+def poll_reply(state: SimState, task: Task, status: str, sig: str | None,
+               origin: str) -> dict[str, Any]:
     """The answer to GET /tasks/{id} (and the body of a replyUrl callback)."""
     eta, queue = _eta(state, task, status)
-    url = video_url(task, sig) if status == SUCCEED and sig else None
-    works = [] if status == "submitted" else [work(task, status, url, state.config.clip_size)]
+    url = video_url(task, sig, origin) if status == SUCCEED and sig else None
+    works = [] if status == "submitted" else [
+        work(task, status, url, state.config.clip_size, origin)]
     return {**trio(status), "etaTime": eta, "etaTimeOverSla": False, "queuingEtaTime": queue,
             "originEtaTime": eta, "originQueuingEtaTime": queue, **_message(task, status),
             "task": task_record(state, task, status), "works": works}
 
 
-def history_entry(state: SimState, task: Task, sig: str | None) -> dict[str, Any]:
+def history_entry(state: SimState, task: Task, sig: str | None,
+                  origin: str) -> dict[str, Any]:
     status = state.status_of(task)
-    url = video_url(task, sig) if status == SUCCEED and sig else None
-    works = [] if status == "submitted" else [work(task, status, url, state.config.clip_size)]
+    url = video_url(task, sig, origin) if status == SUCCEED and sig else None
+    works = [] if status == "submitted" else [
+        work(task, status, url, state.config.clip_size, origin)]
     return {"task": task_record(state, task, status), "works": works, **trio(status)}
 
 

@@ -2,6 +2,10 @@
 
 A task's status is computed from the injected clock whenever it is read (no
 per-task loop), so thousands of tasks cost nothing while they wait.
+
+With a state directory (klingflow.sim.persist) this is a cache of the database:
+every mutation below marks what it changed in `changes`, which the store writes
+at the end of the request's transaction.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from klingflow.sim import replies
@@ -55,6 +60,10 @@ class Asset:
     account: str
     width: int = 0
     height: int = 0
+    path: Path | None = None  # persisted uploads: the bytes live in this file
+
+    def content(self) -> bytes:
+        return self.data if self.path is None else self.path.read_bytes()
 
 
 @dataclass(slots=True)
@@ -64,10 +73,11 @@ class Task:
     account: Account
     order: Order
     body_hash: str
-    created: float  # clock seconds
+    created: float  # clock seconds (wall clock seconds when persisted)
     create_ms: int
     origin: str  # scheme://host[:port] the task was created through
     credits: int
+    duration: float  # clock seconds from submit to the end, fixed at submit
     doomed: bool = False
     fault: str | None = None
     polls: int = 0
@@ -80,6 +90,27 @@ class Task:
 
 
 @dataclass(slots=True)
+class Changes:
+    """What a request changed, for the store to write (None when nothing persists)."""
+
+    tasks: set[int] = field(default_factory=set)
+    accounts: set[str] = field(default_factory=set)
+    assets: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.tasks or self.accounts or self.assets)
+
+    def clear(self) -> None:
+        self.tasks.clear()
+        self.accounts.clear()
+        self.assets.clear()
+
+
+def new_account(email: str, max_jobs: int, credits: int) -> Account:
+    return Account(email, max_jobs, _number(0, "user", email, digits=8), credits)
+
+
+@dataclass(slots=True)
 class SimState:
     config: SimConfig
     plan: FaultPlan = field(init=False)
@@ -87,16 +118,29 @@ class SimState:
     tasks: dict[int, Task] = field(default_factory=dict)
     assets: dict[str, Asset] = field(default_factory=dict)
     requests: Counter[str] = field(default_factory=Counter)
+    changes: Changes | None = None
     _base_clock: float = 0.0
     _base_ms: int = 0
 
     def __post_init__(self) -> None:
-        self.plan = FaultPlan(self.config.seed, self.config.faults)
+        persistent = self.config.state_dir is not None
+        self.plan = FaultPlan(self.config.seed, self.config.faults,
+                              changed=set() if persistent else None)
+        if persistent:  # the store loads accounts; the wall clock is the epoch
+            self.changes = Changes()
+            return
         for email, max_jobs in self.config.accounts:
-            self.accounts[email] = Account(email, max_jobs, _number(0, "user", email, digits=8),
-                                           self.config.credits)
+            self.accounts[email] = new_account(email, max_jobs, self.config.credits)
         self._base_clock = self.config.clock()
         self._base_ms = int(time.time() * 1000)
+
+    def touch_task(self, task: Task) -> None:
+        if self.changes is not None:
+            self.changes.tasks.add(task.id)
+
+    def touch_account(self, account: Account) -> None:
+        if self.changes is not None:
+            self.changes.accounts.add(account.email)
 
     # ---- time and status -----------------------------------------------------------
 
@@ -108,10 +152,10 @@ class SimState:
 
     def end_time(self, task: Task) -> float:
         share = FAIL_AT if task.doomed else 1.0
-        return task.created + share * self.config.task_duration
+        return task.created + share * task.duration
 
     def processing_time(self, task: Task) -> float:
-        return task.created + PROCESSING_FROM * self.config.task_duration
+        return task.created + PROCESSING_FROM * task.duration
 
     def status_of(self, task: Task, now: float | None = None) -> str:
         now = self.now() if now is None else now
@@ -161,12 +205,15 @@ class SimState:
         task = Task(id=task_id, work_id=_number(self.config.seed, "work", task_id),
                     account=account, order=order, body_hash=digest, created=now,
                     create_ms=self.epoch_ms(now), origin=origin, credits=order.credits,
+                    duration=self.config.task_duration,
                     doomed=self.plan.hits("moderation-during", visit, rate_kind="moderation"))
         self.tasks[task_id] = task
         account.active.add(task_id)
         account.peak_running = max(account.peak_running, len(account.active))
         account.credits -= task.credits
         account.spent += task.credits
+        self.touch_task(task)
+        self.touch_account(account)
         return task
 
     def _new_id(self, digest: str, visit: Visit) -> int:
@@ -175,6 +222,10 @@ class SimState:
                 in self.tasks:
             salt += 1
         return task_id
+
+    def count_poll(self, task: Task) -> None:
+        task.polls += 1
+        self.touch_task(task)
 
     def task_for(self, task_id: int, account: Account) -> Task:
         task = self.tasks.get(task_id)
@@ -199,6 +250,7 @@ class SimState:
 
     def sign(self, task: Task, *, expired: bool) -> str:
         task.issued += 1
+        self.touch_task(task)
         sig = hashlib.sha256(f"{self.config.seed}|sig|{task.id}|{task.issued}".encode())\
             .hexdigest()[:20]
         if not expired:
@@ -209,6 +261,8 @@ class SimState:
 
     def add_asset(self, asset: Asset) -> None:
         self.assets[asset.file_name] = asset
+        if self.changes is not None:
+            self.changes.assets.add(asset.file_name)
 
     def asset_for_url(self, url: str) -> Asset | None:
         marker = "/_sim/assets/"
