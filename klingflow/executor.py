@@ -9,7 +9,6 @@ come back as `StepResult`s; this module never prints.
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 import uuid
@@ -34,13 +33,15 @@ from klingflow.errors import (
 )
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
-from klingflow.store import Cache, CacheEntry, Journal, JournalState, sha256_file
+from klingflow.store import Cache, CacheEntry, Claim, Journal, JournalState, sha256_file
 from klingflow.verdicts import request_key
 
 SUCCEEDED, FAILED, SKIPPED, CACHED = "succeeded", "failed", "skipped", "cached"
 NOT_RUN, INTERRUPTED = "not_run", "interrupted"
 FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED, CACHED, NOT_RUN, INTERRUPTED)
 OUTPUT_FILES = {"video": ".mp4", "first_frame": ".first.png", "last_frame": ".last.png"}
+CLAIM_POLL_SECONDS = 0.2
+RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be stamped
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
                 ".mp4": "video/mp4"}
 
@@ -91,9 +92,13 @@ class Event:
 
 
 class StepFailed(KlingflowError):
-    def __init__(self, category: str, message: str) -> None:
+    """A step that cannot succeed in this run. `unresolved`: a POST of it may have
+    created a task that could not be found yet; a resume must look again first."""
+
+    def __init__(self, category: str, message: str, *, unresolved: bool = False) -> None:
         super().__init__(message)
         self.category = category
+        self.unresolved = unresolved
 
 
 class RunAborted(KlingflowError):
@@ -194,7 +199,7 @@ class Executor:
                               spent=self._spent_before())
         self._uploads: dict[str, str] = dict(self.prior.uploads)
         self._upload_locks: dict[str, anyio.Lock] = {}
-        self._claimed: set[int] = set()
+        self._claimed: set[int] = self._tasks_before()
         self._stopping = False
         self.aborted: RunAborted | None = None
         self._rng = random.Random()
@@ -215,6 +220,13 @@ class Executor:
     def stop_submitting(self) -> None:
         """No new submissions (fail-fast, Ctrl-C); tasks already paid for go on."""
         self._stopping = True
+
+    def _tasks_before(self) -> set[int]:
+        """Task ids this run directory already owns: recovery must never adopt them again."""
+        owned = {sub.task_id for sub in self.prior.submissions.values() if sub.task_id}
+        owned |= {int(done["task_id"]) for done in self.prior.finished.values()
+                  if done.get("task_id")}
+        return owned
 
     def _spent_before(self) -> int:
         """On resume: credits of the tasks this run directory already paid for."""
@@ -249,7 +261,7 @@ class Executor:
         except StepFailed as failure:
             self._finish(result, FAILED, failure.category, str(failure))
             self.journal.write({"event": "failed", "step": step.id, "category": failure.category,
-                                "message": str(failure)})
+                                "message": str(failure), "unresolved": failure.unresolved})
             if self.options.fail_fast:
                 self.stop_submitting()
         except RunAborted as abort:
@@ -283,7 +295,7 @@ class Executor:
         result.key = key
         if self._restore_finished(step, result, key):
             return
-        with_claim = await anyio.to_thread.run_sync(self._claim_blocking, key)
+        claim = await self._claim(key)
         try:
             if step.id not in self.options.force and self._restore_cached(step, result, key):
                 return
@@ -292,12 +304,13 @@ class Executor:
                 return
             await self._generate(step, result, key, request)
         finally:
-            with_claim.close()
+            claim.release()
 
-    def _claim_blocking(self, key: str) -> contextlib.ExitStack:
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.cache.claim(key))
-        return stack
+    async def _claim(self, key: str) -> Claim:
+        """Wait until no other process works on this request (two runs never pay twice)."""
+        while (claim := self.cache.try_claim(key)) is None:
+            await anyio.sleep(CLAIM_POLL_SECONDS)
+        return claim
 
     def request_key(self, step: Step) -> tuple[str, dict[str, Any]]:
         """The step's cache key: its canonical request, inputs replaced by content hashes."""
@@ -377,10 +390,14 @@ class Executor:
                         key: str) -> tuple[str | None, Task | None]:
         """On resume: find the task an earlier POST of this step may have created."""
         sub = self.prior.submissions.get(step.id)
-        if sub is None or step.id in self.prior.finished or sub.key != key:
+        if sub is None or step.id in self.prior.finished:
             return None, None
-        result.attempts = self.prior.attempts.get(step.id, 0)
-        task_id = sub.task_id or await self._recover(step, sub.reply_ref, sub.email, sub.at_ms)
+        # _count_running_tasks holds a slot for it from the start
+        task_id = None
+        if sub.key == key:
+            result.attempts = self.prior.attempts.get(step.id, 0)
+            task_id = sub.task_id or await self._recover(step, sub.reply_ref, sub.email,
+                                                         sub.at_ms)
         if task_id is None:
             await self._slots.release(sub.account)
             return None, None
@@ -428,6 +445,8 @@ class Executor:
                 self._check_retries(step, result, unknown)
                 return None
             task = await self._get_task(task_id, email)
+        except RateLimitedError:
+            raise  # nothing was created: _submit waits and sends it again
         except ApiError as exc:
             raise self._failure(exc) from exc
         self._attach(step, result, task.id, alias, email, reply_ref)
@@ -468,18 +487,35 @@ class Executor:
 
     async def _recover(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
                        body: Mapping[str, Any] | None = None) -> int | None:
-        """The task a POST created, found by replyRef in GET scheduler, then in GET tasks."""
-        try:
-            for entry in await self.client.scheduler():
-                if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
-                    return entry.task_id
-            if body is None:
-                body = await self._request(step, email)
-            history = await self.client.list_tasks(email=email, created_after_ms=at_ms - 60_000)
-        except ApiError as exc:
-            raise self._failure(exc) if not exc.retryable else StepFailed(
-                "recovery", f"could not tell whether a task was created: {exc}") from exc
-        for task in history:
+        """The task a POST created, or None when it surely created none.
+
+        Looks for its replyRef in GET scheduler, then for a matching task in GET
+        tasks. Until those answer, nothing is known, so it keeps asking (within
+        the step's timeout) rather than risk paying twice.
+        """
+        deadline = anyio.current_time() + step.timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._find_created(step, reply_ref, email, at_ms, body)
+            except ApiError as exc:
+                if not exc.retryable:
+                    raise self._failure(exc) from exc
+                if anyio.current_time() > deadline:
+                    raise StepFailed("recovery", "could not tell whether a task was created "
+                                     f"(resume to try again): {exc}", unresolved=True) from exc
+            attempt += 1
+            await anyio.sleep(self._rng.uniform(0, min(30.0, 0.5 * 2**attempt)))
+
+    async def _find_created(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
+                            body: Mapping[str, Any] | None) -> int | None:
+        for entry in await self.client.scheduler():
+            if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
+                return entry.task_id
+        if body is None:
+            body = await self._request(step, email)
+        since = at_ms - RECOVERY_WINDOW_MS
+        for task in await self.client.list_tasks(email=email, created_after_ms=since):
             if task.id not in self._claimed and _matches(task, body):
                 return task.id
         return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import secrets
 import signal
 import time
 from collections.abc import Iterator, Mapping
@@ -90,17 +89,25 @@ def _with_dependents(pipeline: Pipeline, forced: set[str]) -> set[str]:
 
 
 def _run_directory(args: argparse.Namespace, pipeline: Pipeline) -> tuple[Path, JournalState]:
+    """A new run directory, or with --resume the one to continue and what its journal says.
+
+    `--resume` with no earlier run starts a new one: a run without a journal
+    never sent a POST (the journal line comes first), so nothing can be lost.
+    """
     root = Path(args.out)
-    if args.resume is None:
-        run_dir = root / pipeline.name / new_run_id()
-        run_dir.mkdir(parents=True)
-        return run_dir, JournalState()
-    run_dir = latest_run_dir(root, pipeline.name) if args.resume == "latest" \
-        else Path(args.resume)
-    if run_dir is None or not (run_dir / "journal.jsonl").exists():
-        where = root / pipeline.name if args.resume == "latest" else args.resume
-        raise UsageError(f"--resume: no run with a journal in {where}")
-    return run_dir, Journal.replay(run_dir / "journal.jsonl")
+    if args.resume == "latest":
+        latest = latest_run_dir(root, pipeline.name)
+        if latest is not None:
+            return latest, Journal.replay(latest / "journal.jsonl")
+    elif args.resume is not None:
+        run_dir = Path(args.resume)
+        if not (run_dir / "journal.jsonl").exists():
+            raise UsageError(f"--resume {args.resume}: no run journal there "
+                             "(expected RUN_DIR/journal.jsonl)")
+        return run_dir, Journal.replay(run_dir / "journal.jsonl")
+    run_dir = root / pipeline.name / new_run_id()
+    run_dir.mkdir(parents=True)
+    return run_dir, JournalState()
 
 
 def backend_name(base_url: str) -> str:
@@ -115,14 +122,18 @@ def _backend(args: argparse.Namespace, pipeline: Pipeline) -> Iterator[Backend]:
         yield Backend(backend_name(base), base, os.environ["USEAPI_TOKEN"])
         return
     from klingflow.sim import SimConfig, running_simulator
-    from klingflow.sim.config import Faults
+    from klingflow.sim.config import DEFAULT_ACCOUNT, Faults
 
-    token = "sim-" + secrets.token_hex(8)
+    # The simulated service keeps its state in the pipeline's cache root, so a resumed
+    # run finds the tasks of a killed one and concurrent runs share one service. Its
+    # token is fixed: no secret on the simulator (the real token is never written).
+    token = "sim-token"
     accounts = [(a.email, a.max_jobs) for a in pipeline.accounts.values()]
-    config = SimConfig(token=token, seed=args.sim_seed, faults=Faults.parse(args.sim_faults),
-                       speed=args.sim_speed,
+    config = SimConfig(token=token, seed=args.sim_seed,
+                       faults=Faults.parse(args.sim_faults), speed=args.sim_speed,
                        accept_urls={i.url for i in pipeline.inputs.values() if i.url},
-                       **({"accounts": accounts} if accounts else {}))
+                       state_dir=default_cache_root(pipeline.path) / "sim",
+                       accounts=accounts or [DEFAULT_ACCOUNT])
     with running_simulator(config) as base_url:
         yield Backend("sim", base_url, token)
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 CACHE_DIR_NAME = ".klingflow"
 
@@ -99,6 +99,8 @@ class JournalState:
             self.finished.pop(step, None)
         elif kind == "submitted" and step in self.submissions:
             self.submissions[step].task_id = event["task_id"]
+        elif kind == "failed" and event.get("unresolved"):
+            pass  # the POST's outcome is still unknown: a resume recovers it first
         elif kind in ("succeeded", "failed", "cached"):
             self.finished[step] = dict(event)
             if kind != "succeeded":
@@ -198,18 +200,29 @@ class Cache:
         shutil.copyfile(self.object_path(sha), tmp)
         tmp.replace(dest)
 
-    @contextlib.contextmanager
-    def claim(self, key: str) -> Iterator[None]:
-        """Hold the key's lock (blocking) so no other process works on the same request.
+    def try_claim(self, key: str) -> Claim | None:
+        """The key's lock if no other process holds it, else None (never blocks).
 
         The OS releases it when a process dies, so a crash never wedges the cache.
         """
-        with (self.root / "locks" / f"{key}.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        handle = (self.root / "locks" / f"{key}.lock").open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        return Claim(handle)
+
+
+class Claim:
+    """A held cache-key lock; `release()` (or process death) frees it."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    def release(self) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
 
 
 def default_cache_root(pipeline_path: Path) -> Path:

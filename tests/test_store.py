@@ -81,31 +81,44 @@ def test_canonical_hash_ignores_key_order() -> None:
 
 
 def _hold_claim(root: str, key: str, seconds: float, ready: object) -> None:
-    with Cache(Path(root)).claim(key):
-        ready.set()  # type: ignore[attr-defined]
-        time.sleep(seconds)
+    claim = Cache(Path(root)).try_claim(key)
+    assert claim is not None
+    ready.set()  # type: ignore[attr-defined]
+    time.sleep(seconds)
+    claim.release()
 
 
-def test_a_claim_blocks_another_process_until_released(tmp_path: Path) -> None:
+def _claimed_elsewhere(tmp_path: Path, seconds: float) -> multiprocessing.Process:
     ready = multiprocessing.Event()
-    other = multiprocessing.Process(target=_hold_claim,
-                                    args=(str(tmp_path), "k", 0.5, ready))
+    other = multiprocessing.Process(target=_hold_claim, args=(str(tmp_path), "k", seconds, ready))
     other.start()
     assert ready.wait(10)
-    started = time.monotonic()
-    with Cache(tmp_path).claim("k"):
-        waited = time.monotonic() - started
+    return other
+
+
+def test_a_claim_held_by_another_process_is_refused_until_released(tmp_path: Path) -> None:
+    other = _claimed_elsewhere(tmp_path, 0.5)
+    assert Cache(tmp_path).try_claim("k") is None
+    assert Cache(tmp_path).try_claim("another key") is not None
     other.join()
-    assert waited >= 0.3
+    claim = Cache(tmp_path).try_claim("k")
+    assert claim is not None
+    claim.release()
 
 
 def test_a_claim_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
-    ready = multiprocessing.Event()
-    other = multiprocessing.Process(target=_hold_claim,
-                                    args=(str(tmp_path), "k", 60, ready))
-    other.start()
-    assert ready.wait(10)
+    other = _claimed_elsewhere(tmp_path, 60)
     other.kill()
     other.join()
-    with Cache(tmp_path).claim("k"):
-        pass
+    assert Cache(tmp_path).try_claim("k") is not None
+
+
+def test_an_unresolved_failure_stays_in_flight_for_the_next_resume(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.jsonl")
+    journal.write({"event": "submitting", "step": "s", "key": "k", "reply_ref": "r",
+                   "account": None, "email": None, "at_ms": 1})
+    journal.write({"event": "failed", "step": "s", "category": "recovery",
+                   "message": "could not tell", "unresolved": True})
+    state = Journal.replay(tmp_path / "j.jsonl")
+    assert state.submissions["s"].reply_ref == "r"
+    assert "s" not in state.finished

@@ -1,0 +1,254 @@
+"""Never pay twice: crashes, resumes, re-runs and concurrent runs against one service.
+
+The simulator runs in this test process (uvicorn on 127.0.0.1), so it outlives
+the `klingflow` processes these tests start and kill, as useapi.net would.
+Its ledger is the witness of every task that was paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from klingflow.sim import Faults, SimConfig, running_simulator
+from tests.conftest import PIPELINES
+
+TOKEN = "user:9999-klingflowtesttoken"
+ACCOUNTS = [("a@example.com", 3), ("b@example.com", 2), ("c@example.com", 2)]
+
+
+@pytest.fixture
+def sim_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    marker = request.node.get_closest_marker("sim_faults")
+    faults = Faults.parse(marker.args[0]) if marker else Faults()
+    config = SimConfig(token=TOKEN, accounts=ACCOUNTS, seed=11, faults=faults,
+                       task_seconds=0.6, slow_seconds=0.3)
+    with running_simulator(config) as url:
+        yield url
+
+
+def ledger(sim_url: str) -> list[dict]:
+    root = sim_url.split("/v1/")[0]
+    entries: list[dict] = httpx.get(f"{root}/_sim/ledger", timeout=10).json()
+    return entries
+
+
+def pipeline_text(name: str, steps: list[dict], *, accounts: bool = True) -> str:
+    document: dict = {"version": 1, "name": name, "inputs": {"hero": "images/hero.png"}}
+    if accounts:
+        document["accounts"] = {"a": {"email": "a@example.com", "max_jobs": 3},
+                                "b": {"email": "b@example.com", "max_jobs": 2},
+                                "c": {"email": "c@example.com", "max_jobs": 2}}
+    document["steps"] = steps
+    return yaml.safe_dump(document, sort_keys=False)
+
+
+def tree_steps(count: int) -> list[dict]:
+    """A binary tree of frames steps: each starts from its parent's last frame."""
+    steps = []
+    for i in range(count):
+        image = "${inputs.hero}" if i == 0 else f"${{steps.s{(i - 1) // 2}.last_frame}}"
+        step = {"id": f"s{i}", "kind": "frames", "image": image, "prompt": f"shot {i}"}
+        if i % 3:
+            step["account"] = "abc"[i % 3]
+        steps.append(step)
+    return steps
+
+
+def chain_steps(count: int, *, changed: int | None = None) -> list[dict]:
+    return [{"id": f"s{i}", "kind": "frames",
+             "image": "${inputs.hero}" if i == 0 else f"${{steps.s{i - 1}.last_frame}}",
+             "prompt": f"shot {i}" + (" at dusk" if i == changed else "")}
+            for i in range(count)]
+
+
+def make_project(tmp_path: Path, name: str, steps: list[dict]) -> Path:
+    (tmp_path / "images").mkdir(exist_ok=True)
+    shutil.copy(PIPELINES / "images" / "hero.png", tmp_path / "images" / "hero.png")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(pipeline_text(name, steps))
+    return path
+
+
+def cli_env(sim_url: str, tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "USEAPI_TOKEN": TOKEN, "KLINGFLOW_API_BASE": sim_url,
+            "KLINGFLOW_HOME": str(tmp_path / "home")}
+
+
+def start_run(path: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "klingflow", "run", str(path), "--out",
+         str(path.parent / "runs"), "--poll-interval", "0.1", "--json", *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 120) -> tuple[int, dict | None, str]:
+    out, err = process.communicate(timeout=timeout)
+    try:
+        report = json.loads(out)
+    except ValueError:
+        report = None
+    return process.returncode, report, err
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_one_task_per_step(entries: list[dict], report: dict) -> None:
+    task_ids = [e["task_id"] for e in entries]
+    assert len(task_ids) == len(set(task_ids))
+    report_ids = {s["task_id"] for s in report["steps"]}
+    assert set(task_ids) == report_ids, "every paid task belongs to exactly one step"
+    assert len(report_ids) == len(report["steps"])
+
+
+def assert_outputs_match_lock(path: Path, report: dict) -> None:
+    lock = yaml.safe_load(path.with_name(path.stem + ".lock.yaml").read_text())
+    run_dir = Path(report["run_dir"])
+    for step in report["steps"]:
+        locked = lock["steps"][step["id"]]
+        assert locked["task_id"] == step["task_id"]
+        for attr, out in step["outputs"].items():
+            assert sha256(run_dir / out["path"]) == out["sha256"] == locked["outputs"][attr]
+
+
+def journal_lines(runs: Path) -> int:
+    return sum(len(p.read_bytes().splitlines()) for p in runs.glob("*/*/journal.jsonl"))
+
+
+def kill_at_a_random_moment(process: subprocess.Popen[str], runs: Path,
+                            rng: random.Random) -> bool:
+    """SIGKILL after 1-2 more journal lines or a random time; False if it ended first."""
+    lines, wanted = journal_lines(runs), rng.randint(1, 2)
+    deadline = time.monotonic() + rng.uniform(0.3, 4.0)
+    while process.poll() is None:
+        if journal_lines(runs) >= lines + wanted or time.monotonic() > deadline:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.005)
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.sim_faults("429=0.1,500=0.1,reset=0.1,slow=0.05,expire=0.1")
+def test_sigkill_at_fifty_moments_then_resume_pays_each_step_once(
+        tmp_path: Path, sim_url: str) -> None:
+    path = make_project(tmp_path, "crash", tree_steps(30))
+    env = cli_env(sim_url, tmp_path)
+    rng = random.Random(2026)
+    for kill in range(50):
+        process = start_run(path, env, *(["--resume"] if kill else []))
+        killed = kill_at_a_random_moment(process, tmp_path / "runs", rng)
+        assert killed, f"the run ended after only {kill} kills: {finish(process)[2]}"
+    code, report, err = finish(start_run(path, env, "--resume"))
+    assert code == 0, err
+    assert report is not None and report["status"] == "succeeded"
+    assert Counter(s["status"] for s in report["steps"]) == {"succeeded": 30}
+    assert_one_task_per_step(ledger(sim_url), report)
+    assert_outputs_match_lock(path, report)
+
+
+def test_unchanged_rerun_costs_nothing_and_every_step_is_cached(
+        tmp_path: Path, sim_url: str) -> None:
+    path = make_project(tmp_path, "again", tree_steps(5))
+    env = cli_env(sim_url, tmp_path)
+    code, first, err = finish(start_run(path, env))
+    assert code == 0, err
+    code, second, err = finish(start_run(path, env))
+    assert code == 0, err
+    assert first is not None and second is not None
+    assert second["totals"]["credits"] == 0
+    assert {s["status"] for s in second["steps"]} == {"cached"}
+    assert len(ledger(sim_url)) == 5
+    for before, after in zip(first["steps"], second["steps"], strict=True):
+        assert before["outputs"] == after["outputs"]
+
+
+def test_changing_one_prompt_in_a_chain_reruns_that_step_and_its_dependents(
+        tmp_path: Path, sim_url: str) -> None:
+    path = make_project(tmp_path, "chain", chain_steps(20))
+    env = cli_env(sim_url, tmp_path)
+    assert finish(start_run(path, env))[0] == 0
+    paid_before = {e["task_id"] for e in ledger(sim_url)}
+    path.write_text(pipeline_text("chain", chain_steps(20, changed=12)))
+    code, report, err = finish(start_run(path, env))
+    assert code == 0, err
+    assert report is not None
+    new_tasks = [e for e in ledger(sim_url) if e["task_id"] not in paid_before]
+    rerun = {s["id"] for s in report["steps"] if s["status"] == "succeeded"}
+    assert rerun == {f"s{i}" for i in range(12, 20)}
+    assert len(new_tasks) == 8
+    assert {s["id"] for s in report["steps"] if s["status"] == "cached"} == \
+        {f"s{i}" for i in range(12)}
+
+
+def test_force_regenerates_one_step_and_its_dependents(tmp_path: Path, sim_url: str) -> None:
+    path = make_project(tmp_path, "forced", chain_steps(4))
+    env = cli_env(sim_url, tmp_path)
+    assert finish(start_run(path, env))[0] == 0
+    code, report, err = finish(start_run(path, env, "--force", "s2"))
+    assert code == 0, err
+    assert report is not None
+    assert [s["status"] for s in report["steps"]] == ["cached", "cached", "succeeded",
+                                                      "succeeded"]
+    assert len(ledger(sim_url)) == 6
+
+
+def test_two_runs_at_once_on_one_cache_pay_each_step_once(tmp_path: Path,
+                                                          sim_url: str) -> None:
+    path = make_project(tmp_path, "twice", tree_steps(12))
+    env = cli_env(sim_url, tmp_path)
+    first, second = start_run(path, env), start_run(path, env)
+    (code1, report1, err1), (code2, report2, err2) = finish(first), finish(second)
+    assert (code1, code2) == (0, 0), err1 + err2
+    assert report1 is not None and report2 is not None
+    entries = ledger(sim_url)
+    assert len(entries) == 12
+    statuses = Counter(s["status"] for r in (report1, report2) for s in r["steps"])
+    assert statuses == {"succeeded": 12, "cached": 12}
+
+
+def test_a_budget_refuses_the_submit_that_would_cross_it(tmp_path: Path,
+                                                         sim_url: str) -> None:
+    path = make_project(tmp_path, "budget", chain_steps(3))
+    env = cli_env(sim_url, tmp_path)
+    code, report, err = finish(start_run(path, env, "--budget", "45"))
+    assert code == 1, err
+    assert report is not None
+    assert [s["status"] for s in report["steps"]] == ["succeeded", "succeeded", "failed"]
+    assert report["steps"][2]["error"] == (
+        "submitting s2 (20 credits) would cross the budget: 40 of 45 credits already "
+        "reserved; nothing was sent")
+    assert report["steps"][2]["error_category"] == "budget"
+    assert len(ledger(sim_url)) == 2
+
+
+def test_a_lost_lock_is_rebuilt_from_the_cache(tmp_path: Path, sim_url: str) -> None:
+    path = make_project(tmp_path, "relock", chain_steps(3))
+    env = cli_env(sim_url, tmp_path)
+    assert finish(start_run(path, env))[0] == 0
+    lock = path.with_name("relock.lock.yaml")
+    written = lock.read_text()
+    lock.unlink()
+    result = subprocess.run([sys.executable, "-m", "klingflow", "lock", str(path)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("3 of 3 steps locked from the cache "
+                                          f"(api:{env['KLINGFLOW_API_BASE']})")
+    assert lock.read_text() == written
