@@ -8,6 +8,7 @@ file is a `MediaError` naming the file; no raw `av` exception leaves this module
 from __future__ import annotations
 
 import math
+import random
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,11 @@ class _Pose:
     def is_identity(self) -> bool:
         return self == _IDENTITY
 
+    def then(self, other: _Pose) -> _Pose:
+        """This pose with `other` added on top (scales multiply, the rest add up)."""
+        return _Pose(self.sx * other.sx, self.sy * other.sy, self.degrees + other.degrees,
+                     self.dx + other.dx, self.dy + other.dy)
+
 
 _IDENTITY = _Pose()
 
@@ -128,8 +134,22 @@ def _gentle(t: float) -> _Pose:
     return _Pose(sx=1 + 0.08 * t, sy=1 + 0.08 * t, dx=0.02 * t, dy=-0.01 * t)
 
 
-def _pose_at(t: float, motion: str | None, *, has_start: bool, has_end: bool) -> _Pose:
+def variation(seed: int) -> _Pose:
+    """A small drift of its own for each generation: no two tasks give the same clip."""
+    rng = random.Random(seed)
+    zoom = rng.uniform(0.0, 0.06)
+    return _Pose(sx=1 + zoom, sy=1 + zoom, degrees=rng.uniform(-3, 3),
+                 dx=rng.uniform(-0.04, 0.04), dy=rng.uniform(-0.04, 0.04))
+
+
+def _pose_at(t: float, motion: str | None, *, has_start: bool, has_end: bool,
+             drift: _Pose = _IDENTITY) -> _Pose:
     """The pose at time t: identity on a frame that must equal a given image."""
+    return _base_pose(t, motion, has_start=has_start, has_end=has_end).then(
+        drift.damped(math.sin(math.pi * t) if has_end else t))
+
+
+def _base_pose(t: float, motion: str | None, *, has_start: bool, has_end: bool) -> _Pose:
     if motion is not None:
         pose = MOTIONS[motion](t)
         return pose.damped(math.sin(math.pi * t)) if has_end else pose
@@ -275,6 +295,7 @@ def _clip_frames(
     count: int,
     motion: str | None,
     size: tuple[int, int],
+    drift: _Pose,
 ) -> Iterator[av.VideoFrame]:
     """The clip's frames: a cross-fade from start to end, moved by the motion."""
     only = start if start is not None else end
@@ -284,7 +305,8 @@ def _clip_frames(
     span = max(count - 1, 1)
     for index in range(count):
         t = index / span
-        pose = _pose_at(t, motion, has_start=start is not None, has_end=end is not None)
+        pose = _pose_at(t, motion, has_start=start is not None, has_end=end is not None,
+                        drift=drift)
         yield _video_frame(_move(_blend(first, last, t), pose), index)
 
 
@@ -314,6 +336,7 @@ def render_clip(
     gop: int = 48,
     preset: str = "ultrafast",
     crf: int = 18,
+    seed: int | None = None,
 ) -> None:
     """Write a real H.264 MP4 of `duration` seconds (`round(duration * fps)` frames).
 
@@ -321,6 +344,8 @@ def render_clip(
     over it. Its first frame is `start` and its last frame is `end` (each fitted to
     `size` by `fit_image`) whenever given. `motion` names one of `MOTIONS`.
     `preset` is libx264's (`ultrafast` has no B-frames; `veryfast` and slower do).
+    A `seed` adds a small drift of its own (zoom, turn, pan) between the frames
+    that must match an image, as a real generation never repeats itself.
     """
     if start is None and end is None:
         raise ValueError("render_clip needs a start image, an end image or both")
@@ -330,7 +355,8 @@ def render_clip(
     if count < 1 or size[0] % 2 or size[1] % 2:
         raise ValueError(f"need duration >= 1 frame and an even size, got {duration}s at {size}")
     with _writer(out, size=size, fps=fps, gop=gop, preset=preset, crf=crf) as (container, stream):
-        for frame in _prefetched(_clip_frames(start, end, count, motion, size)):
+        drift = variation(seed) if seed is not None else _IDENTITY
+        for frame in _prefetched(_clip_frames(start, end, count, motion, size, drift)):
             container.mux(stream.encode(frame))
         _flush(container, stream)
 

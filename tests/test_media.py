@@ -398,3 +398,20 @@ def test_unwritable_output_is_a_media_error(tmp_path: Path, start: Image.Image) 
 
     with pytest.raises(MediaError, match=r"^clip\.mp4: cannot write video: "):
         render_clip(blocker / "clip.mp4", start=start, end=None, duration=1)
+
+
+def test_a_seed_makes_each_clip_its_own_while_seams_still_match(tmp_path: Path) -> None:
+    start = Image.new("RGB", (400, 304), (200, 60, 40))
+    start.paste((30, 160, 220), (100, 80, 300, 220))
+    end = Image.new("RGB", (400, 304), (20, 40, 90))
+    clips = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}.mp4"
+        render_clip(out, start=start, end=end, duration=1, size=(400, 304), seed=seed)
+        clips.append(out)
+    assert clips[0].read_bytes() != clips[1].read_bytes()
+    for clip in clips:
+        first = extract_first_frame(clip, clip.with_suffix(".first.png")).path
+        last = extract_last_frame(clip, clip.with_suffix(".last.png")).path
+        assert _mad(Image.open(first), fit_image(start, (400, 304))) < 6
+        assert _mad(Image.open(last), fit_image(end, (400, 304))) < 6
