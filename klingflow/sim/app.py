@@ -249,13 +249,15 @@ def create_app(config: SimConfig | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with anyio.create_task_group() as group:
-            group.start_soon(service.notifier.run, group)
-            try:
-                yield
-            finally:
-                group.cancel_scope.cancel()
-                service.close()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(service.notifier.run, group)
+                try:
+                    yield
+                finally:
+                    group.cancel_scope.cancel()
+        finally:  # once no delivery can run any more
+            service.close()
 
     app = Starlette(routes=_api_routes() + _sim_routes(), lifespan=lifespan)
     app.state.sim = service

@@ -58,7 +58,8 @@ _SCHEMA = (
     " account TEXT NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL,"
     " version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS tasks (seq INTEGER PRIMARY KEY, id INTEGER NOT NULL UNIQUE,"
-    " record TEXT NOT NULL, version INTEGER NOT NULL)",
+    " record TEXT NOT NULL, polls INTEGER NOT NULL, issued INTEGER NOT NULL, fault TEXT,"
+    " signatures TEXT NOT NULL, version INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS visits (identity TEXT PRIMARY KEY, count INTEGER NOT NULL,"
     " version INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS accounts_version ON accounts (version)",
@@ -76,9 +77,11 @@ _UPSERT_ACCOUNT = (
 _UPSERT_ASSET = (
     "INSERT INTO assets (name, content_type, account, width, height, version)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET version = excluded.version")
-_UPSERT_TASK = (
-    "INSERT INTO tasks (id, record, version) VALUES (?, ?, ?)"
-    " ON CONFLICT (id) DO UPDATE SET record = excluded.record, version = excluded.version")
+_INSERT_TASK = (
+    "INSERT INTO tasks (id, record, polls, issued, fault, signatures, version)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)")
+_UPDATE_TASK = (
+    "UPDATE tasks SET polls = ?, issued = ?, fault = ?, signatures = ?, version = ? WHERE id = ?")
 _UPSERT_VISIT = (
     "INSERT INTO visits (identity, count, version) VALUES (?, ?, ?)"
     " ON CONFLICT (identity) DO UPDATE SET count = excluded.count, version = excluded.version")
@@ -114,6 +117,7 @@ class SqliteStore(MemoryStore):
         self.state = state
         self.assets_dir = directory / ASSETS_DIR
         self._seen = -1  # the change counter this process's memory matches
+        self._stored: set[int] = set()  # ids of the tasks the database has
         self._open = False
         try:
             self.assets_dir.mkdir(parents=True, exist_ok=True)
@@ -176,6 +180,7 @@ class SqliteStore(MemoryStore):
             self._db.execute("ROLLBACK")
         state = self.state
         state.tasks.clear()
+        self._stored.clear()
         state.assets.clear()
         state.plan.seen.clear()
         for account in state.accounts.values():
@@ -199,9 +204,9 @@ class SqliteStore(MemoryStore):
         for row in self._db.execute("SELECT name, content_type, account, width, height "
                                     "FROM assets WHERE version > ?", since):
             self._load_asset(*row)
-        for (record,) in self._db.execute("SELECT record FROM tasks WHERE version > ? "
-                                          "ORDER BY seq", since):
-            self._load_task(json.loads(record))
+        for row in self._db.execute("SELECT record, polls, issued, fault, signatures FROM tasks "
+                                    "WHERE version > ? ORDER BY seq", since):
+            self._load_task(*row)
         for identity, count in self._db.execute("SELECT identity, count FROM visits "
                                                 "WHERE version > ?", since):
             self.state.plan.seen[identity] = count
@@ -220,16 +225,19 @@ class SqliteStore(MemoryStore):
         self.state.assets[name] = Asset(name, content_type, b"", account, width, height,
                                         path=self.assets_dir / name)
 
-    def _load_task(self, record: dict[str, Any]) -> None:
+    def _load_task(self, text: str, polls: int, issued: int, fault: str | None,
+                   signatures: str) -> None:
+        """A task another process created, or changed (its polls and signatures)."""
+        record = json.loads(text)
         task = self.state.tasks.get(record["id"])
         if task is None:
             task = task_from_record(record, self.state.accounts[record["account"]])
             self.state.tasks[task.id] = task
+            self._stored.add(task.id)
             if self.state.status_of(task) not in FINAL:
                 task.account.active.add(task.id)
-            return
-        task.polls, task.issued, task.fault = record["polls"], record["issued"], record["fault"]
-        task.signatures = set(record["signatures"])
+        task.polls, task.issued, task.fault = polls, issued, fault
+        task.signatures = set(json.loads(signatures))
 
     # ---- writing what changed -------------------------------------------------------------
 
@@ -239,20 +247,33 @@ class SqliteStore(MemoryStore):
         if not changes and not visits:
             return
         version = self._seen + 1
-        accounts = [state.accounts[e] for e in changes.accounts]
-        self._db.executemany(_UPSERT_ACCOUNT, [
-            (a.email, a.max_jobs, a.user_id, a.credits, a.spent, a.peak_running, version)
-            for a in accounts])
-        assets = [state.assets[n] for n in changes.assets]
-        self._db.executemany(_UPSERT_ASSET, [
-            (a.file_name, a.content_type, a.account, a.width, a.height, version) for a in assets])
-        self._db.executemany(_UPSERT_TASK, [
-            (tid, task_record(state.tasks[tid]), version) for tid in sorted(changes.tasks)])
-        self._db.executemany(_UPSERT_VISIT, [
-            (identity, state.plan.seen[identity], version) for identity in visits])
+        if changes.accounts:
+            self._db.executemany(_UPSERT_ACCOUNT, [
+                (a.email, a.max_jobs, a.user_id, a.credits, a.spent, a.peak_running, version)
+                for a in map(state.accounts.__getitem__, changes.accounts)])
+        if changes.assets:
+            self._db.executemany(_UPSERT_ASSET, [
+                (a.file_name, a.content_type, a.account, a.width, a.height, version)
+                for a in map(state.assets.__getitem__, changes.assets)])
+        for task in map(state.tasks.__getitem__, sorted(changes.tasks)):
+            self._write_task(task, version)
+        if visits:
+            self._db.executemany(_UPSERT_VISIT, [
+                (identity, state.plan.seen[identity], version) for identity in visits])
         self._db.execute("UPDATE meta SET value = ? WHERE key = 'version'", (version,))
         self._clear_changes()
         self._seen = version
+
+    def _write_task(self, task: Task, version: int) -> None:
+        """A new task in whole; a known one's changing fields only (polls cost little)."""
+        signatures = json.dumps(sorted(task.signatures))
+        if task.id in self._stored:
+            self._db.execute(_UPDATE_TASK, (task.polls, task.issued, task.fault, signatures,
+                                            version, task.id))
+            return
+        self._db.execute(_INSERT_TASK, (task.id, task_record(task), task.polls, task.issued,
+                                        task.fault, signatures, version))
+        self._stored.add(task.id)
 
     def _clear_changes(self) -> None:
         assert self.state.changes is not None and self.state.plan.changed is not None
@@ -317,12 +338,11 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def task_record(task: Task) -> str:
+    """What never changes about a task, as JSON (polls and signatures have columns)."""
     record = {"id": task.id, "work_id": task.work_id, "account": task.account.email,
               "order": dataclasses.asdict(task.order), "body_hash": task.body_hash,
               "created": task.created, "create_ms": task.create_ms, "origin": task.origin,
-              "credits": task.credits, "duration": task.duration, "doomed": task.doomed,
-              "fault": task.fault, "polls": task.polls, "issued": task.issued,
-              "signatures": sorted(task.signatures)}
+              "credits": task.credits, "duration": task.duration, "doomed": task.doomed}
     return json.dumps(record, separators=(",", ":"))
 
 
@@ -331,9 +351,7 @@ def task_from_record(record: dict[str, Any], account: Account) -> Task:
                 order=order_from_record(record["order"]), body_hash=record["body_hash"],
                 created=record["created"], create_ms=record["create_ms"],
                 origin=record["origin"], credits=record["credits"],
-                duration=record["duration"], doomed=record["doomed"], fault=record["fault"],
-                polls=record["polls"], issued=record["issued"],
-                signatures=set(record["signatures"]))
+                duration=record["duration"], doomed=record["doomed"])
 
 
 def order_from_record(record: dict[str, Any]) -> Order:
