@@ -59,7 +59,8 @@ class Renderer:
         start, end = self._images(task)
         partial = _partial(out)
         media.render_clip(partial, start=start, end=end, duration=task.order.duration,
-                          motion=task.order.motion, size=self.size)
+                          motion=task.order.motion, size=self.size,
+                          seed=task.work_id)  # each generation differs, as on the service
         partial.replace(out)
 
     async def preview(self, name: str, motion: str, picture: Image.Image) -> Path:
