@@ -1,12 +1,14 @@
 """How much the simulator carries, and how fast it renders.
 
-    python bench/bench_sim.py [--steps 100,250,500,1000,2000] [--connections 16]
+    python bench/bench_sim.py [--steps 100,250,500,1000,2000] [--connections 16] [--state]
 
 1. Load: `klingflow sim serve` in its own process (so client and server do not share
    a GIL), then tasks in flight ramped 100 -> 2000 over real HTTP on 127.0.0.1. At
    each step every task in flight is polled once through `--connections` keep-alive
    connections; the figure is the median (and p95) time a poll takes to answer.
    Target: 1,000 tasks in flight with the median poll under 50 ms.
+   `--state`: the same with the durable simulator (`sim serve --state` on a fresh
+   temporary directory): every request is a sqlite transaction, every POST an fsync.
 2. Render: the time to render a 5 s clip the way the sim does (frames cross-fade and
    each effect motion). Target: under 0.3 s.
 """
@@ -56,12 +58,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def sim_server(accounts: int) -> Iterator[str]:
+def sim_server(accounts: int, state_dir: Path | None = None) -> Iterator[str]:
     port = _free_port()
     command = [sys.executable, "-m", "klingflow", "sim", "serve", "--port", str(port),
                "--token", TOKEN, "--speed", "0.001"]  # tasks last ~2000 s: all stay in flight
     for n in range(accounts):
         command += ["--account", f"bench{n}@example.com:{JOBS_PER_ACCOUNT}"]
+    if state_dir is not None:
+        command += ["--state", str(state_dir)]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -179,14 +183,16 @@ def _percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
-async def load(steps: list[int], connections: int) -> int:
+async def load(steps: list[int], connections: int, state_dir: Path | None) -> int:
     carried = 0
     accounts = -(-max(steps) // JOBS_PER_ACCOUNT)
+    kind = f"durable (--state {state_dir})" if state_dir else "in memory (no --state)"
     print(f"load: {accounts} accounts x maxJobs {JOBS_PER_ACCOUNT}; polls over {connections} "
-          "keep-alive connections, real HTTP on 127.0.0.1, server in its own process")
+          "keep-alive connections, real HTTP on 127.0.0.1, server in its own process, "
+          f"state {kind}")
     print(f"{'tasks':>6} {'poll median':>12} {'poll p95':>9} {'polls/s':>8} {'POST median':>12}")
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    with sim_server(accounts) as base:
+    with sim_server(accounts, state_dir) as base:
         async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60,
                                      headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             upload = await client.post("/assets/", params={"email": "bench0@example.com"},
@@ -236,10 +242,14 @@ def main() -> int:
     parser.add_argument("--steps", default="100,250,500,1000,2000")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--skip-load", action="store_true")
+    parser.add_argument("--state", action="store_true",
+                        help="load the durable simulator (sim serve --state TMPDIR)")
     args = parser.parse_args()
     if not args.skip_load:
         steps = [int(s) for s in args.steps.split(",")]
-        carried = anyio.run(load, steps, args.connections)
+        with tempfile.TemporaryDirectory(prefix="bench-sim-state-") as tmp:
+            state_dir = Path(tmp) if args.state else None
+            carried = anyio.run(load, steps, args.connections, state_dir)
         verdict = "meets" if carried >= TARGET_TASKS else "MISSES"
         print(f"=> carries {carried} tasks in flight with the median poll under {TARGET_MS:.0f} ms "
               f"({verdict} the target of {TARGET_TASKS})\n")
