@@ -135,41 +135,29 @@ def request_body(step: Step, pipeline: Pipeline, resolve: Resolve, *,
     `replyRef` is not included: the executor adds a fresh one at each submit.
     """
     body: dict[str, object] = {} if email is None else {"email": email}
-    fields = _frames_fields(step) if step.kind == "frames" else _effect_fields(step)
+    decided = _decided_fields(step)
     for name in BODY_FIELDS[step.kind]:
-        if name in fields:
-            body[name] = _api_value(name, fields[name], resolve)
+        value = decided[name] if name in decided else step.params.get(name)
+        if value is not None:
+            body[name] = value.render(resolve) if isinstance(value, Template) else value
     return body
 
 
-def _frames_fields(step: Step) -> dict[str, Value]:
-    fields = dict(step.params)
-    model = str(fields.get("model_name") or DEFAULT_MODEL)
-    fields["model_name"] = model
-    fields["duration"] = fields.get("duration", DEFAULT_DURATION)
+def _decided_fields(step: Step) -> dict[str, Value | None]:
+    """Fields whose sent value the rules decide, not the user's text; None = not sent."""
+    if step.kind != "frames":
+        return {"mode": _effect_mode(step)}
+    model = str(step.params.get("model_name") or DEFAULT_MODEL)
     rules = MODELS.get(model)
-    fields.pop("mode", None)
+    duration = int(step.params.get("duration", DEFAULT_DURATION))  # type: ignore[arg-type]
+    decided: dict[str, Value | None] = {"model_name": model, "duration": str(duration)}
     if rules is None:
-        fields["mode"] = str(step.params.get("mode") or DEFAULT_MODE)
-    elif not rules.pro_only:
-        fields["mode"] = _frames_mode(rules, step)
-    if rules is not None and rules.audio == AUDIO_ALWAYS:
-        fields.pop("enable_audio", None)
-    return fields
-
-
-def _effect_fields(step: Step) -> dict[str, Value]:
-    fields = dict(step.params)
-    fields["mode"] = _effect_mode(step)
-    return fields
-
-
-def _api_value(name: str, value: Value, resolve: Resolve) -> object:
-    if isinstance(value, Template):
-        return value.render(resolve)
-    if name == "duration":
-        return str(int(value))
-    return value
+        decided["mode"] = str(step.params.get("mode") or DEFAULT_MODE)
+    else:
+        decided["mode"] = None if rules.pro_only else _frames_mode(rules, step)
+        if rules.audio == AUDIO_ALWAYS:
+            decided["enable_audio"] = None
+    return decided
 
 
 # ---- what a step runs ---------------------------------------------------------------
