@@ -9,6 +9,7 @@ come back as `StepResult`s; this module never prints.
 
 from __future__ import annotations
 
+import bisect
 import random
 import time
 import uuid
@@ -31,6 +32,7 @@ from klingflow.errors import (
     TransportError,
     UnauthorizedError,
 )
+from klingflow.models import DEFAULT_DURATION
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
 from klingflow.store import Cache, CacheEntry, Claim, Journal, JournalState, sha256_file
@@ -101,6 +103,10 @@ class StepFailed(KlingflowError):
         self.unresolved = unresolved
 
 
+class NotSubmitted(Exception):
+    """The run is stopping (fail-fast, Ctrl-C): this step is not sent."""
+
+
 class RunAborted(KlingflowError):
     """A condition that stops the whole run (401, 402)."""
 
@@ -110,44 +116,65 @@ class RunAborted(KlingflowError):
         self.exit_code = cause.exit_code
 
 
+@dataclass(eq=False, slots=True)
+class _Waiter:
+    rank: tuple[float, int]  # lower goes first: (-urgency, arrival)
+    accounts: tuple[str | None, ...]
+    granted: anyio.Event = field(default_factory=anyio.Event)
+    alias: str | None = None
+
+
 class Slots:
     """Tasks in flight: at most `max_jobs` per account and `total` in the run.
 
     An account alias of None stands for "the only account" of a pipeline
     without `accounts`. A step without an account takes any account with room.
+    A freed slot is handed to the most urgent waiting step that can use it, so
+    long chains start first and the run is not left with a slow tail.
     """
 
     def __init__(self, per_account: Mapping[str | None, int], total: int | None) -> None:
         self._limit = dict(per_account)
         self._used = dict.fromkeys(per_account, 0)
         self._total = total
-        self._condition = anyio.Condition()
+        self._waiting: list[_Waiter] = []  # by rank
+        self._arrivals = 0
 
-    def _free(self, preferred: str | None, any_account: bool) -> str | bool | None:
-        if self._total is not None and sum(self._used.values()) >= self._total:
-            return False
-        candidates = list(self._limit) if any_account else [preferred]
-        room = [a for a in candidates if self._used[a] < self._limit[a]]
-        return min(room, key=lambda a: self._used[a] / self._limit[a]) if room else False
-
-    async def acquire(self, preferred: str | None, *, any_account: bool) -> str | None:
-        async with self._condition:
-            while (alias := self._free(preferred, any_account)) is False:
-                await self._condition.wait()
-            self._used[alias] += 1  # type: ignore[index]
-            return alias  # type: ignore[return-value]
+    async def acquire(self, preferred: str | None, *, any_account: bool,
+                      urgency: float = 0.0) -> str | None:
+        self._arrivals += 1
+        waiter = _Waiter((-urgency, self._arrivals),
+                         tuple(self._limit) if any_account else (preferred,))
+        bisect.insort(self._waiting, waiter, key=lambda w: w.rank)
+        self._hand_out()
+        try:
+            await waiter.granted.wait()
+        except BaseException:  # cancelled: give back what it may have been handed
+            if waiter.granted.is_set():
+                self.release(waiter.alias)
+            else:
+                self._waiting.remove(waiter)
+            raise
+        return waiter.alias
 
     def take(self, alias: str | None) -> None:
         """Count a task already running (found on resume), even past the limit."""
         self._used[alias] += 1
 
-    async def release(self, alias: str | None) -> None:
-        async with self._condition:
-            self._used[alias] -= 1
-            self._condition.notify_all()
+    def release(self, alias: str | None) -> None:
+        self._used[alias] -= 1
+        self._hand_out()
 
-    def in_use(self, alias: str | None) -> int:
-        return self._used[alias]
+    def _hand_out(self) -> None:
+        for waiter in list(self._waiting):
+            if self._total is not None and sum(self._used.values()) >= self._total:
+                return
+            room = [a for a in waiter.accounts if self._used[a] < self._limit[a]]
+            if room:
+                waiter.alias = min(room, key=lambda a: self._used[a] / self._limit[a])
+                self._used[waiter.alias] += 1
+                self._waiting.remove(waiter)
+                waiter.granted.set()
 
 
 class Budget:
@@ -195,6 +222,7 @@ class Executor:
         self.results = {s.id: StepResult(s.id) for s in self.order}
         self._done = {s.id: anyio.Event() for s in self.order}
         self._slots = self._make_slots()
+        self._urgency = urgency(self.order)
         self._budget = Budget(options.budget if options.budget is not None else pipeline.budget,
                               spent=self._spent_before())
         self._uploads: dict[str, str] = dict(self.prior.uploads)
@@ -264,6 +292,8 @@ class Executor:
                                 "message": str(failure), "unresolved": failure.unresolved})
             if self.options.fail_fast:
                 self.stop_submitting()
+        except NotSubmitted:
+            self._finish(result, NOT_RUN, None, "not submitted: the run was stopping")
         except RunAborted as abort:
             self.aborted = self.aborted or abort
             self._finish(result, FAILED, abort.cause.category, str(abort))
@@ -298,9 +328,6 @@ class Executor:
         claim = await self._claim(key)
         try:
             if step.id not in self.options.force and self._restore_cached(step, result, key):
-                return
-            if self._stopping:
-                self._finish(result, NOT_RUN, None, "not submitted: the run was stopping")
                 return
             await self._generate(step, result, key, request)
         finally:
@@ -379,7 +406,7 @@ class Executor:
         try:
             task = await self._wait_final(step, task, email)
         finally:
-            await self._slots.release(alias)
+            self._slots.release(alias)
         if task.failed:
             category = "moderation" if "violate" in task.error.lower() else "generation_failed"
             raise StepFailed(category, f"task {task.id} failed: "
@@ -399,36 +426,54 @@ class Executor:
             task_id = sub.task_id or await self._recover(step, sub.reply_ref, sub.email,
                                                          sub.at_ms)
         if task_id is None:
-            await self._slots.release(sub.account)
+            self._slots.release(sub.account)
             return None, None
         self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref)
-        return sub.account, await self._get_task(task_id, sub.email)
+        return sub.account, await self._get_task(step, task_id, sub.email)
 
     async def _submit(self, step: Step, result: StepResult,
                       key: str) -> tuple[str | None, Task]:
-        """POST until a task exists, never paying twice; returns with a slot held."""
+        """POST until a task exists, never paying twice; returns with a slot held.
+
+        `step.retries` bounds the POSTs that surely created nothing after an
+        error; 429s are waited out separately (within max_rate_limit_wait).
+        """
         rate_limited_since: float | None = None
+        lost = 0
         while True:
-            if self._stopping:
-                raise StepFailed("stopped", "not submitted: the run was stopping")
-            alias = await self._slots.acquire(step.account, any_account=step.account is None)
+            alias = await self._acquire_to_submit(step)
             try:
-                task = await self._post(step, result, key, alias)
+                outcome = await self._post(step, result, key, alias)
             except RateLimitedError as busy:
-                await self._slots.release(alias)
+                self._slots.release(alias)
                 rate_limited_since = rate_limited_since or anyio.current_time()
                 await self._wait_rate_limit(step, busy, rate_limited_since)
                 continue
             except BaseException:
-                await self._slots.release(alias)
+                self._slots.release(alias)
                 raise
-            if task is not None:
-                return alias, task
-            await self._slots.release(alias)
+            if isinstance(outcome, Task):
+                return alias, outcome
+            self._slots.release(alias)
+            lost += 1
+            if lost > step.retries:
+                raise StepFailed(outcome.category,
+                                 f"gave up after {result.attempts} attempts: {outcome}")
+
+    async def _acquire_to_submit(self, step: Step) -> str | None:
+        """A slot for a new submission, unless the run stops meanwhile."""
+        if self._stopping:
+            raise NotSubmitted
+        alias = await self._slots.acquire(step.account, any_account=step.account is None,
+                                          urgency=self._urgency[step.id])
+        if self._stopping:
+            self._slots.release(alias)
+            raise NotSubmitted
+        return alias
 
     async def _post(self, step: Step, result: StepResult, key: str,
-                    alias: str | None) -> Task | None:
-        """One POST with its journal lines; None when it surely created no task."""
+                    alias: str | None) -> Task | ApiError:
+        """One POST with its journal lines; the error when it surely created no task."""
         email = self._email(alias)
         body = await self._request(step, email)
         reply_ref = uuid.uuid4().hex
@@ -442,9 +487,8 @@ class Executor:
         except (ServerError, TransportError) as unknown:
             task_id = await self._recover(step, reply_ref, email, at_ms, body)
             if task_id is None:
-                self._check_retries(step, result, unknown)
-                return None
-            task = await self._get_task(task_id, email)
+                return unknown
+            task = await self._get_task(step, task_id, email)
         except RateLimitedError:
             raise  # nothing was created: _submit waits and sends it again
         except ApiError as exc:
@@ -460,10 +504,6 @@ class Executor:
         self.journal.write({"event": "submitted", "step": step.id, "task_id": task_id,
                             "account": alias, "email": email, "reply_ref": reply_ref})
         self.on_event(Event(step.id, "submitted", f"task {task_id}"))
-
-    def _check_retries(self, step: Step, result: StepResult, cause: ApiError) -> None:
-        if result.attempts > step.retries:
-            raise StepFailed(cause.category, f"gave up after {result.attempts} attempts: {cause}")
 
     async def _wait_rate_limit(self, step: Step, busy: RateLimitedError, since: float) -> None:
         waited = anyio.current_time() - since
@@ -522,11 +562,19 @@ class Executor:
 
     # ---- polling and collecting -------------------------------------------------
 
-    async def _get_task(self, task_id: int, email: str | None) -> Task:
-        try:
-            return await self.client.get_task(task_id, email=email)
-        except ApiError as exc:
-            raise self._failure(exc) from exc
+    async def _get_task(self, step: Step, task_id: int, email: str | None) -> Task:
+        """The task, now. It exists and is paid for: transient errors are waited out
+        (within the step's timeout) rather than lose it."""
+        deadline = anyio.current_time() + step.timeout
+        while True:
+            try:
+                return await self.client.get_task(task_id, email=email)
+            except NotFoundError as gone:
+                raise StepFailed("not_found", f"task {task_id} is gone: {gone}") from gone
+            except ApiError as exc:
+                if not exc.retryable or anyio.current_time() > deadline:
+                    raise self._failure(exc) from exc
+            await anyio.sleep(self.options.poll_interval)
 
     async def _wait_final(self, step: Step, task: Task, email: str | None) -> Task:
         deadline = anyio.current_time() + step.timeout
@@ -551,7 +599,7 @@ class Executor:
     async def _collect(self, step: Step, result: StepResult, task: Task,
                        email: str | None) -> None:
         video = self.run_dir / f"{step.id}.mp4"
-        await self._download(task, email, video)
+        await self._download(step, task, email, video)
         first = self.run_dir / f"{step.id}.first.png"
         last = self.run_dir / f"{step.id}.last.png"
         await anyio.to_thread.run_sync(media.extract_first_frame, video, first)
@@ -559,7 +607,7 @@ class Executor:
         for attr, path in (("video", video), ("first_frame", first), ("last_frame", last)):
             result.outputs[attr] = OutputFile(path, sha256_file(path))
 
-    async def _download(self, task: Task, email: str | None, dest: Path) -> None:
+    async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> None:
         """Download at once; a signed URL that expired (403) is refreshed by a new GET."""
         for attempt in range(4):
             if task.video is None:
@@ -571,7 +619,7 @@ class Executor:
                 if attempt == 3:
                     raise StepFailed("download", f"could not download task {task.id}'s video: "
                                      f"{exc}") from exc
-                task = await self._get_task(task.id, email)
+                task = await self._get_task(step, task.id, email)
 
     # ---- inputs ----------------------------------------------------------------
 
@@ -604,6 +652,23 @@ class Executor:
 
     def _email(self, alias: str | None) -> str | None:
         return self.pipeline.accounts[alias].email if alias is not None else None
+
+
+def urgency(order: Sequence[Step]) -> dict[str, float]:
+    """Seconds of clips on the longest chain from each step to the end of the run.
+
+    `order` is topological. Steps on long chains are given slots first.
+    """
+    dependents: dict[str, list[str]] = {s.id: [] for s in order}
+    for step in order:
+        for need in step.needs:
+            dependents[need].append(step.id)
+    ranks: dict[str, float] = {}
+    for step in reversed(order):
+        duration = step.params.get("duration", DEFAULT_DURATION)
+        own = float(duration) if isinstance(duration, int | float) else DEFAULT_DURATION
+        ranks[step.id] = own + max((ranks[d] for d in dependents[step.id]), default=0.0)
+    return ranks
 
 
 def _refs_of(step: Step) -> list[Ref]:

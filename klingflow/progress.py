@@ -57,7 +57,10 @@ class LiveProgress:
         self._live.stop()
 
 
-def make_progress(step_ids: list[str], stream: TextIO = sys.stderr) -> PlainProgress | LiveProgress:
+def make_progress(step_ids: list[str],
+                  stream: TextIO | None = None) -> PlainProgress | LiveProgress:
+    """Progress on `stream` (default: the current standard error)."""
+    stream = stream or sys.stderr
     if stream.isatty():
         return LiveProgress(step_ids, stream)
     return PlainProgress(stream)

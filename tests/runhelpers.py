@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ from klingflow.cli import main
 from klingflow.client import KlingClient
 from klingflow.executor import Executor, RunOptions, StepResult
 from klingflow.plan import build_plan
-from klingflow.progress import make_progress
 from klingflow.sim import SimConfig, create_app, running_simulator, sim_transport
 from klingflow.spec import load_pipeline
 from klingflow.store import Cache, Journal
@@ -131,23 +129,9 @@ def mean_abs_diff(a: Path, b: Path) -> float:
     return float(np.abs(first - second).mean())
 
 
-@contextlib.contextmanager
-def progress_to_current_stderr() -> Iterator[None]:
-    """Work around make_progress's default stream, bound to sys.stderr at import time
-    (see test_run_cli.py::test_progress_goes_to_the_current_stderr): point it at the
-    sys.stderr of this moment (capsys's), then put the old default back."""
-    defaults = make_progress.__defaults__
-    make_progress.__defaults__ = (sys.stderr,)
-    try:
-        yield
-    finally:
-        make_progress.__defaults__ = defaults
-
-
 def run_cli(argv: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """`main(argv)`; (exit code, stdout, stderr)."""
-    with progress_to_current_stderr():
-        code = main(list(argv))
+    code = main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err
 

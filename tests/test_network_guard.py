@@ -8,7 +8,7 @@ from tests.conftest import NetworkGuardError
 
 def test_outside_connections_fail() -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with pytest.raises(NetworkGuardError, match="only connect to 127.0.0.1"):
+    with pytest.raises(NetworkGuardError, match=r"only connect to 127\.0\.0\.1"):
         sock.connect(("93.184.216.34", 443))
     sock.close()
 

@@ -134,10 +134,6 @@ def test_the_token_is_not_in_the_error_of_a_failed_call(isolated: Path,
     assert SECRET not in everything and SECRET.split(":", 1)[1] not in everything
 
 
-@pytest.mark.xfail(reason="BUG: progress.make_progress(step_ids, stream=sys.stderr) binds "
-                   "sys.stderr at import time, so a later main() (or a redirected stderr) "
-                   "writes progress to a stale, possibly closed stream: 'I/O operation on "
-                   "closed file', exit 3", strict=True)
 def test_progress_goes_to_the_current_stderr() -> None:
     buffer = io.StringIO()
     with contextlib.redirect_stderr(buffer):

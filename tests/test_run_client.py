@@ -297,10 +297,6 @@ async def test_a_429_is_waited_out(tmp_path: Path) -> None:
     _one_task_per_step(run)
 
 
-@pytest.mark.xfail(reason="BUG: executor.Executor._post increments result.attempts for every "
-                   "POST, 429s included, and _check_retries compares that count with "
-                   "step.retries: after three 429s one 500 fails the step ('gave up after 4 "
-                   "attempts')", strict=True)
 async def test_429s_do_not_use_up_the_retries_of_transient_errors(tmp_path: Path) -> None:
     """retries (default 3) counts unknown outcomes; a 429 created nothing and is waited out."""
     run, scripted = await _recover(tmp_path, ["429", "429", "429", "before-500"])
@@ -317,10 +313,6 @@ async def test_a_poll_that_keeps_failing_is_tried_again_until_the_timeout(tmp_pa
     _one_task_per_step(run)
 
 
-@pytest.mark.xfail(reason="BUG: executor.Executor._get_task (used right after a recovery, by "
-                   "_download's refetch and on resume) turns a transient error that outlasted "
-                   "the client's 4 GET attempts into StepFailed, losing a step whose task "
-                   "exists and is paid for; _poll_once tolerates the same error", strict=True)
 async def test_a_recovered_task_survives_transient_poll_errors(tmp_path: Path) -> None:
     run, scripted = await _recover(tmp_path, ["after-500"], failing_polls=4)
     result = run.results["s0"]

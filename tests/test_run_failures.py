@@ -120,9 +120,6 @@ def test_moderation_fails_one_step_and_skips_only_its_dependents(
     assert "[moderation]" in out
 
 
-@pytest.mark.xfail(reason="BUG: executor.Executor._submit checks _stopping only before "
-                   "Slots.acquire; steps already waiting for a slot when --fail-fast triggers "
-                   "are submitted anyway (all 6 later steps run)", strict=True)
 def test_fail_fast_stops_new_submissions(isolated: Path,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     steps = [frames_step("bad", "a forbidden scene", account="a")]

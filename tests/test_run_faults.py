@@ -20,7 +20,6 @@ from tests.runhelpers import (
     external_sim,
     frames_step,
     only_run_dir,
-    progress_to_current_stderr,
     read_journal,
     read_report,
     write_pipeline,
@@ -92,7 +91,7 @@ def faulty_run(tmp_path_factory: pytest.TempPathFactory) -> FaultyRun:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KLINGFLOW_HOME", str(root / "home"))
         with external_sim(patch, config) as sim, contextlib.redirect_stdout(out), \
-                contextlib.redirect_stderr(err), progress_to_current_stderr():
+                contextlib.redirect_stderr(err):
             code = main(["run", str(path), "--out", str(root / "runs"), "--poll-interval", "0.05"])
             ledger, stats = sim.ledger(), sim.stats()
     run_dir = only_run_dir(root / "runs", "faults")
