@@ -52,10 +52,12 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from klingflow.plan import build_plan, format_plan
+    from klingflow.plan import format_plan
+    from klingflow.runner import plan_with_verdicts
     from klingflow.spec import load_pipeline
 
-    plan = build_plan(load_pipeline(Path(args.pipeline)))
+    plan = plan_with_verdicts(load_pipeline(Path(args.pipeline)), sim=args.sim,
+                              force=args.force, force_all=args.force_all)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -129,6 +131,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="dry run: the requests, their order and their cost")
     p.add_argument("pipeline", metavar="PIPELINE")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--sim", action="store_true",
+                   help="judge the cache for the simulator (default: the lock's backend)")
+    p.add_argument("--force", action="append", default=[], metavar="STEP",
+                   help="plan STEP and what depends on it as regenerated")
+    p.add_argument("--force-all", action="store_true", help="plan every step as regenerated")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("schema", help="print a JSON Schema (default: the pipeline file's)")

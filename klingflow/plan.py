@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from klingflow.errors import PipelineError, Problem
@@ -32,6 +32,7 @@ from klingflow.models import (
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template, Value
 
 PLAN_FORMAT = 1
+CACHED = "cached"
 REPLY_REF_PLACEHOLDER = "<unique per submit>"
 
 ENDPOINTS: dict[str, str] = {
@@ -73,6 +74,8 @@ class PlannedStep:
     credits: int | None
     price_source: PriceSource
     price_note: str | None = None
+    cache: str | None = None  # "cached" or "will run"; None when the cache was not asked
+    reason: str | None = None  # why it will run: new, changed: prompt, upstream changed...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +101,9 @@ class Plan:
     steps: tuple[PlannedStep, ...]
     outputs: Mapping[str, tuple[str, ...]]
     accounts: tuple[AccountTotal, ...]
-    credits: int  # the known cost, over all steps
-    unknown: tuple[str, ...]  # ids of the steps whose price is unknown
+    credits: int  # the known cost of the steps that will run
+    unknown: tuple[str, ...]  # ids of the steps that will run and whose price is unknown
+    cached: tuple[str, ...] = ()  # ids of the steps the cache already holds (no cost)
 
     @property
     def complete(self) -> bool:
@@ -309,6 +313,19 @@ def build_plan(pipeline: Pipeline) -> Plan:
         unknown=tuple(s.id for s in steps if s.credits is None))
 
 
+def with_verdicts(plan: Plan, pipeline: Pipeline,
+                  verdicts: Mapping[str, tuple[str, str]]) -> Plan:
+    """The plan with each step's cache verdict `(cached | will run, reason)`;
+    the totals then count only the steps that will run."""
+    steps = tuple(replace(s, cache=verdicts[s.id][0], reason=verdicts[s.id][1] or None)
+                  for s in plan.steps)
+    running = tuple(s for s in steps if s.cache != CACHED)
+    return replace(plan, steps=steps, accounts=_account_totals(pipeline, running),
+                   credits=sum(s.credits for s in running if s.credits is not None),
+                   unknown=tuple(s.id for s in running if s.credits is None),
+                   cached=tuple(s.id for s in steps if s.cache == CACHED))
+
+
 def known_cost(pipeline: Pipeline) -> int:
     """The credits of every step whose price is known (the table, then `prices:`)."""
     prices = _pipeline_prices(pipeline)
@@ -359,6 +376,7 @@ def _step_json(step: PlannedStep) -> dict[str, object]:
         "account": step.account, "email": step.email, "waits_for": list(step.waits_for),
         "body": dict(step.body), "credits": step.credits,
         "price_source": step.price_source, "price_note": step.price_note,
+        "cache": {"verdict": step.cache, "reason": step.reason} if step.cache else None,
     }
 
 
@@ -367,6 +385,7 @@ def _totals_json(plan: Plan) -> dict[str, object]:
         "credits": plan.credits,
         "unknown": list(plan.unknown),
         "complete": plan.complete,
+        "cached": list(plan.cached),
         "accounts": [
             {"account": a.account, "email": a.email, "steps": a.steps,
              "credits": a.credits, "unknown": list(a.unknown)}
@@ -384,8 +403,11 @@ _COLUMNS = ("step", "kind", "model", "mode", "duration", "audio", "account", "wa
 def format_plan(plan: Plan) -> str:
     """The plan as readable text: one row per step with its body, then the totals."""
     rows = [_row(s) for s in plan.steps]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
-    lines = [_headline(plan), "", _line(_COLUMNS, widths)]
+    columns = _COLUMNS + (("cache",) if plan.steps[0].cache else ())
+    rows = [r + ((_cache_text(s),) if s.cache else ()) for r, s in zip(rows, plan.steps,
+                                                                       strict=True)]
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    lines = [_headline(plan), "", _line(columns, widths)]
     for step, row in zip(plan.steps, rows, strict=True):
         lines.append(_line(row, widths))
         lines.append(f"    POST {step.endpoint} {_compact(step.body)}")
@@ -402,6 +424,10 @@ def _row(step: PlannedStep) -> tuple[str, ...]:
     return (step.id, step.kind, step.model, step.mode, f"{step.duration} s",
             "yes" if step.audio else "no", _account_text(step.account, step.email),
             ", ".join(step.waits_for) or "-", _credits_text(step))
+
+
+def _cache_text(step: PlannedStep) -> str:
+    return f"{step.cache} ({step.reason})" if step.reason else str(step.cache)
 
 
 def _line(cells: tuple[str, ...], widths: list[int]) -> str:
@@ -427,7 +453,9 @@ def _compact(body: Mapping[str, object]) -> str:
 def _total_lines(plan: Plan) -> list[str]:
     lines = [f"  {_account_text(a.account, a.email)}: {_cost_text(a.steps, a.credits, a.unknown)}"
              for a in plan.accounts]
-    lines.append(f"  overall: {_cost_text(len(plan.steps), plan.credits, plan.unknown)}")
+    running = len(plan.steps) - len(plan.cached)
+    cached = f" ({len(plan.cached)} cached, at no cost)" if plan.cached else ""
+    lines.append(f"  overall: {_cost_text(running, plan.credits, plan.unknown)}{cached}")
     if plan.budget is not None:
         lines.append(f"  budget: {plan.budget} credits, {plan.budget - plan.credits} left "
                      "after the known cost")

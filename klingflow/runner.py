@@ -23,7 +23,7 @@ from klingflow.client import DEFAULT_API_BASE, KlingClient
 from klingflow.errors import UsageError
 from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions, StepResult
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
-from klingflow.plan import Plan, build_plan
+from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.progress import make_progress
 from klingflow.report import RunInfo, build_report, write_report
 from klingflow.spec import load_pipeline
@@ -221,3 +221,22 @@ def rebuild_lock(pipeline_path: Path, backend: str) -> tuple[Path, int, int]:
     path = lock_path(pipeline.path)
     write_lock(path, name=pipeline.name, backend=backend, plan=plan, entries=entries)
     return path, len(entries), len(plan.steps)
+
+
+def plan_with_verdicts(pipeline: Pipeline, *, sim: bool, force: list[str],
+                       force_all: bool) -> Plan:
+    """The dry run, each step marked cached or will run (and why), from the local
+    cache and lock only: no network. The backend is the lock's, else --sim's."""
+    plan = build_plan(pipeline)
+    lock = read_lock(lock_path(pipeline.path))
+    backend = lock.backend or ("sim" if sim else backend_name(
+        os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE)))
+    if sim:
+        backend = "sim"
+    forced = {s.id for s in pipeline.steps} if force_all else _with_dependents(
+        pipeline, set(force))
+    found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
+                     Cache(default_cache_root(pipeline.path)), backend,
+                     locked_keys={sid: e.key for sid, e in lock.steps.items()},
+                     forced=frozenset(forced))
+    return with_verdicts(plan, pipeline, {sid: (v.verdict, v.reason) for sid, v in found.items()})

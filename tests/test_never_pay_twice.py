@@ -252,3 +252,38 @@ def test_a_lost_lock_is_rebuilt_from_the_cache(tmp_path: Path, sim_url: str) -> 
     assert result.stdout.strip().endswith("3 of 3 steps locked from the cache "
                                           f"(api:{env['KLINGFLOW_API_BASE']})")
     assert lock.read_text() == written
+
+
+def plan_json(path: Path, env: dict[str, str], *extra: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "klingflow", "plan", str(path), "--json",
+                             *extra], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    plan: dict = json.loads(result.stdout)
+    return plan
+
+
+def test_plan_says_which_steps_will_run_why_and_totals_only_those(
+        tmp_path: Path, sim_url: str) -> None:
+    path = make_project(tmp_path, "verdicts", chain_steps(4))
+    env = cli_env(sim_url, tmp_path)
+    before = plan_json(path, env)
+    assert [s["cache"] for s in before["steps"]] == [
+        {"verdict": "will run", "reason": "new"},
+        *[{"verdict": "will run", "reason": f"upstream changed: s{i}"} for i in range(3)]]
+    assert before["totals"]["credits"] == 80
+    assert finish(start_run(path, env))[0] == 0
+    path.write_text(pipeline_text("verdicts", chain_steps(4, changed=2)))
+    after = plan_json(path, env)
+    assert [(s["id"], s["cache"]["verdict"], s["cache"]["reason"]) for s in after["steps"]] == [
+        ("s0", "cached", None), ("s1", "cached", None),
+        ("s2", "will run", "changed: prompt"), ("s3", "will run", "upstream changed: s2")]
+    assert after["totals"]["credits"] == 40
+    assert after["totals"]["cached"] == ["s0", "s1"]
+    forced = plan_json(path, env, "--force", "s1")
+    assert [s["cache"]["reason"] for s in forced["steps"]] == [
+        None, "forced", "upstream changed: s1", "upstream changed: s2"]
+    assert forced["totals"]["credits"] == 60
+    text = subprocess.run([sys.executable, "-m", "klingflow", "plan", str(path)], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "  overall: 2 steps, 40 credits (2 cached, at no cost)" in text.splitlines()
+    assert len(ledger(sim_url)) == 4  # planning never reaches the service
