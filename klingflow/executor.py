@@ -223,8 +223,10 @@ class Executor:
         self._done = {s.id: anyio.Event() for s in self.order}
         self._slots = self._make_slots()
         self._urgency = urgency(self.order)
+        self._prepaid = self._paid_before()
+        self._prior_slots: dict[str, str | None] = {}
         self._budget = Budget(options.budget if options.budget is not None else pipeline.budget,
-                              spent=self._spent_before())
+                              spent=sum(self.credits.get(sid) or 0 for sid in self._prepaid))
         self._uploads: dict[str, str] = dict(self.prior.uploads)
         self._upload_locks: dict[str, anyio.Lock] = {}
         self._claimed: set[int] = self._tasks_before()
@@ -256,12 +258,12 @@ class Executor:
                   if done.get("task_id")}
         return owned
 
-    def _spent_before(self) -> int:
-        """On resume: credits of the tasks this run directory already paid for."""
+    def _paid_before(self) -> set[str]:
+        """On resume: the steps whose task this run directory already paid for."""
         paid = {sid for sid, sub in self.prior.submissions.items() if sub.task_id is not None}
         paid |= {sid for sid, done in self.prior.finished.items()
                  if done.get("event") == "succeeded"}
-        return sum(self.credits.get(sid) or 0 for sid in paid)
+        return paid
 
     def _make_slots(self) -> Slots:
         total = self.options.max_jobs or self.pipeline.max_jobs
@@ -270,10 +272,19 @@ class Executor:
         return Slots({a.alias: a.max_jobs for a in self.pipeline.accounts.values()}, total)
 
     def _count_running_tasks(self) -> None:
-        """On resume, tasks still running count against their account's limit."""
+        """On resume, tasks still running count against their account's limit.
+
+        Each such slot is held for its step: re-attaching uses it, any other
+        outcome of the step gives it back (`_give_back_prior_slot`).
+        """
         for step_id, sub in self.prior.submissions.items():
             if step_id in self.results and step_id not in self.prior.finished:
                 self._slots.take(sub.account)
+                self._prior_slots[step_id] = sub.account
+
+    def _give_back_prior_slot(self, step_id: str) -> None:
+        if step_id in self._prior_slots:
+            self._slots.release(self._prior_slots.pop(step_id))
 
     def _close_unfinished(self) -> None:
         for result in self.results.values():
@@ -300,6 +311,7 @@ class Executor:
             self.stop_submitting()
             self._group.cancel_scope.cancel()
         finally:
+            self._give_back_prior_slot(step.id)  # if the step did not re-attach
             self._done[step.id].set()
 
     async def _run_when_ready(self, step: Step, result: StepResult) -> None:
@@ -373,7 +385,8 @@ class Executor:
     async def _generate(self, step: Step, result: StepResult, key: str,
                         request: Mapping[str, Any]) -> None:
         credits = self.credits.get(step.id)
-        self._budget.reserve(step.id, credits)
+        if step.id not in self._prepaid:
+            self._budget.reserve(step.id, credits)
         try:
             task, email, alias = await self._submit_and_wait(step, result, key)
         except BaseException:
@@ -417,19 +430,20 @@ class Executor:
                         key: str) -> tuple[str | None, Task | None]:
         """On resume: find the task an earlier POST of this step may have created."""
         sub = self.prior.submissions.get(step.id)
-        if sub is None or step.id in self.prior.finished:
+        if sub is None or step.id not in self._prior_slots:
             return None, None
-        # _count_running_tasks holds a slot for it from the start
         task_id = None
         if sub.key == key:
             result.attempts = self.prior.attempts.get(step.id, 0)
             task_id = sub.task_id or await self._recover(step, sub.reply_ref, sub.email,
                                                          sub.at_ms)
         if task_id is None:
-            self._slots.release(sub.account)
+            self._give_back_prior_slot(step.id)
             return None, None
         self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref)
-        return sub.account, await self._get_task(step, task_id, sub.email)
+        task = await self._get_task(step, task_id, sub.email)
+        del self._prior_slots[step.id]  # the slot is this attempt's now: freed when final
+        return sub.account, task
 
     async def _submit(self, step: Step, result: StepResult,
                       key: str) -> tuple[str | None, Task]:

@@ -10,6 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
+EXAMPLE_FILES = sorted(p for p in PIPELINES.glob("*.yaml") if not p.name.endswith(".lock.yaml"))
+"""The example pipelines (a run writes NAME.lock.yaml beside each: not an example)."""
 
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex

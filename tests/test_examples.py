@@ -19,7 +19,7 @@ import pytest
 
 from klingflow.cli import main
 from klingflow.models import PRICES, PriceKey
-from tests.conftest import PIPELINES, ROOT
+from tests.conftest import EXAMPLE_FILES, PIPELINES, ROOT
 
 if not hasattr(pytest.importorskip("klingflow.spec"), "load_pipeline"):
     pytest.skip("klingflow.spec.load_pipeline has not landed yet", allow_module_level=True)
@@ -89,7 +89,7 @@ def plan_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
 
 
 def test_every_example_is_listed() -> None:
-    found = [p.stem for p in PIPELINES.glob("*.yaml") if not p.name.endswith(".lock.yaml")]
+    found = [p.stem for p in EXAMPLE_FILES]
     assert sorted(found) == sorted(EXAMPLES)
 
 

@@ -287,3 +287,57 @@ def test_plan_says_which_steps_will_run_why_and_totals_only_those(
                           capture_output=True, text=True, timeout=60).stdout
     assert "  overall: 2 steps, 40 credits (2 cached, at no cost)" in text.splitlines()
     assert len(ledger(sim_url)) == 4  # planning never reaches the service
+
+
+def kill_after(process: subprocess.Popen[str], journal_event: str, runs: Path) -> None:
+    """SIGKILL the run as soon as its journal holds `journal_event`."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        journals = list(runs.glob("*/*/journal.jsonl"))
+        if journals and f'"event": "{journal_event}"' in journals[0].read_text():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"no {journal_event} line within 60 s")
+
+
+def test_a_resumed_task_is_not_charged_to_the_budget_twice(tmp_path: Path,
+                                                           sim_url: str) -> None:
+    path = make_project(tmp_path, "prepaid", chain_steps(1))
+    env = cli_env(sim_url, tmp_path)
+    kill_after(start_run(path, env, "--budget", "20"), "submitted", tmp_path / "runs")
+    code, report, err = finish(start_run(path, env, "--budget", "20", "--resume"))
+    assert code == 0, err
+    assert report is not None and report["steps"][0]["status"] == "succeeded"
+    assert report["totals"]["credits"] == 20
+    assert len(ledger(sim_url)) == 1
+
+
+def test_slots_held_for_tasks_from_before_are_freed_when_the_cache_serves_them(
+        tmp_path: Path, sim_url: str) -> None:
+    steps = [{"id": f"s{i}", "kind": "frames", "image": "${inputs.hero}",
+              "prompt": f"shot {i}", "account": "b"} for i in range(4)]
+    path = make_project(tmp_path, "slots", steps[:2])
+    env = cli_env(sim_url, tmp_path)
+    assert finish(start_run(path, env))[0] == 0
+    locked = yaml.safe_load(path.with_name("slots.lock.yaml").read_text())["steps"]
+    # A run killed after s0's and s1's tasks were submitted, while another run put
+    # both in the cache: on resume they come from the cache, and the two slots of
+    # account b (max_jobs 2) held for their tasks must go back, or s2 and s3 wait forever.
+    run_dir = tmp_path / "runs" / "slots" / "99999999-killed"
+    run_dir.mkdir(parents=True)
+    lines = []
+    for sid in ("s0", "s1"):
+        lines += [{"event": "submitting", "step": sid, "key": locked[sid]["key"],
+                   "reply_ref": f"r-{sid}", "account": "b", "email": "b@example.com",
+                   "at_ms": 1},
+                  {"event": "submitted", "step": sid, "task_id": locked[sid]["task_id"],
+                   "account": "b", "email": "b@example.com", "reply_ref": f"r-{sid}"}]
+    (run_dir / "journal.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    path.write_text(pipeline_text("slots", steps))
+    code, report, err = finish(start_run(path, env, "--resume", str(run_dir)), timeout=60)
+    assert code == 0, err
+    assert report is not None
+    assert [s["status"] for s in report["steps"]] == ["cached", "cached", "succeeded",
+                                                      "succeeded"]

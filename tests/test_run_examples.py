@@ -16,6 +16,7 @@ from klingflow import media
 from klingflow.plan import build_plan
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Template
+from tests.conftest import EXAMPLE_FILES
 from tests.runhelpers import (
     PIPELINES,
     copy_examples,
@@ -29,7 +30,7 @@ from tests.runhelpers import (
 
 __all__ = ["isolated"]
 
-EXAMPLES = sorted(p.name for p in PIPELINES.glob("*.yaml") if not p.name.endswith(".lock.yaml"))
+EXAMPLES = [p.name for p in EXAMPLE_FILES]
 SEAM_TOLERANCE = 6.0  # mean abs difference per channel (0..255): H.264 loss, not another picture
 FRAME_FILES = {"last_frame": ".last.png", "first_frame": ".first.png"}
 

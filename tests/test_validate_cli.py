@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from klingflow.cli import main
-from tests.conftest import PIPELINES
+from tests.conftest import EXAMPLE_FILES
 
 GOOD = """\
 version: 1
@@ -60,7 +60,7 @@ def test_file_is_shown_as_given(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "2 problems found"]
 
 
-EXAMPLES = sorted(PIPELINES.glob("*.yaml"))
+EXAMPLES = EXAMPLE_FILES
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
