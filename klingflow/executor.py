@@ -32,6 +32,7 @@ from klingflow.errors import (
     TransportError,
     UnauthorizedError,
 )
+from klingflow.media import MediaError
 from klingflow.models import DEFAULT_DURATION
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
@@ -298,13 +299,11 @@ class Executor:
         try:
             await self._run_when_ready(step, result)
         except StepFailed as failure:
-            self._finish(result, FAILED, failure.category, str(failure))
-            self.journal.write({"event": "failed", "step": step.id, "category": failure.category,
-                                "message": str(failure), "unresolved": failure.unresolved})
-            if self.options.fail_fast:
-                self.stop_submitting()
+            self._fail(step, result, failure)
         except NotSubmitted:
             self._finish(result, NOT_RUN, None, "not submitted: the run was stopping")
+        except MediaError as bad:
+            self._fail(step, result, StepFailed("media", str(bad)))
         except RunAborted as abort:
             self.aborted = self.aborted or abort
             self._finish(result, FAILED, abort.cause.category, str(abort))
@@ -313,6 +312,13 @@ class Executor:
         finally:
             self._give_back_prior_slot(step.id)  # if the step did not re-attach
             self._done[step.id].set()
+
+    def _fail(self, step: Step, result: StepResult, failure: StepFailed) -> None:
+        self._finish(result, FAILED, failure.category, str(failure))
+        self.journal.write({"event": "failed", "step": step.id, "category": failure.category,
+                            "message": str(failure), "unresolved": failure.unresolved})
+        if self.options.fail_fast:
+            self.stop_submitting()
 
     async def _run_when_ready(self, step: Step, result: StepResult) -> None:
         for need in step.needs:
@@ -385,12 +391,13 @@ class Executor:
     async def _generate(self, step: Step, result: StepResult, key: str,
                         request: Mapping[str, Any]) -> None:
         credits = self.credits.get(step.id)
-        if step.id not in self._prepaid:
+        reserved = step.id not in self._prepaid  # a task paid before a crash is counted
+        if reserved:
             self._budget.reserve(step.id, credits)
         try:
             task, email, alias = await self._submit_and_wait(step, result, key)
         except BaseException:
-            if result.task_id is None:
+            if reserved and result.task_id is None:
                 self._budget.refund(credits)
             raise
         result.credits = credits or 0
