@@ -95,7 +95,8 @@ class Asset:
 
 def parse_task(data: Mapping[str, Any]) -> Task:
     """A task from either the documented envelope `{task: {...}, ...}` or an old flat `{id}`."""
-    inner = data.get("task") if isinstance(data.get("task"), Mapping) else data
+    envelope = data.get("task")
+    inner: Mapping[str, Any] = envelope if isinstance(envelope, Mapping) else data
     info = inner.get("taskInfo") or {}
     status = _status_source(data, inner)
     return Task(
@@ -127,26 +128,29 @@ def _parse_video(works: list[Mapping[str, Any]]) -> Video | None:
 
 def classify(response: httpx.Response) -> ApiError:
     """The typed error for a non-2xx answer, per the API's error table."""
-    status = response.status_code
     error_text, message = _error_texts(response)
-    context = {"status": status, "method": response.request.method,
-               "url": _redact(response.request.url)}
+    kind, text = _kind_of(response.status_code, error_text, message)
+    error = kind(text, status=response.status_code, method=response.request.method,
+                 url=_redact(response.request.url))
+    if isinstance(error, RateLimitedError):
+        error.retry_after = _retry_after(response)
+    return error
+
+
+def _kind_of(status: int, error_text: str, message: str) -> tuple[type[ApiError], str]:
     if status == 400:
-        return BadRequestError(error_text, **context)
+        return BadRequestError, error_text
     if status == 401:
-        return UnauthorizedError(f"{error_text}: check USEAPI_TOKEN", **context)
+        return UnauthorizedError, f"{error_text}: check USEAPI_TOKEN"
     if status == 402:
-        return PaymentRequiredError(f"{error_text}: the useapi.net subscription is missing",
-                                    **context)
+        return PaymentRequiredError, f"{error_text}: the useapi.net subscription is missing"
     if status in (403, 404):
-        return NotFoundError(error_text, **context)
+        return NotFoundError, error_text
     if status == 429:
-        limited = RateLimitedError(error_text, **context)
-        limited.retry_after = _retry_after(response)
-        return limited
+        return RateLimitedError, error_text
     if status == 500 and _MODERATION.search(error_text):
-        return ModerationError(error_text, **context)
-    return ServerError(f"{error_text} ({message})" if message else error_text, **context)
+        return ModerationError, error_text
+    return ServerError, f"{error_text} ({message})" if message else error_text
 
 
 def _error_texts(response: httpx.Response) -> tuple[str, str]:

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ NO_TOKEN = ("no API token: set USEAPI_TOKEN to your useapi.net token to spend re
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    name: str  # "sim" or "useapi"
+    name: str  # what cache keys call it: "sim", "useapi" or "api:BASE_URL"
     base_url: str
     token: str
 
@@ -61,11 +61,7 @@ def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     run_dir, prior = _run_directory(args, pipeline)
     with _backend(args, pipeline) as backend:
         return anyio.run(_run, pipeline, plan, backend, run_dir, prior,
-                         RunOptions(**{**_fields(options), "backend": backend.name}))
-
-
-def _fields(options: RunOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in options.__slots__}  # type: ignore[attr-defined]
+                         replace(options, backend=backend.name))
 
 
 def _options(args: argparse.Namespace, pipeline: Pipeline) -> RunOptions:
@@ -229,10 +225,8 @@ def plan_with_verdicts(pipeline: Pipeline, *, sim: bool, force: list[str],
     cache and lock only: no network. The backend is the lock's, else --sim's."""
     plan = build_plan(pipeline)
     lock = read_lock(lock_path(pipeline.path))
-    backend = lock.backend or ("sim" if sim else backend_name(
-        os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE)))
-    if sim:
-        backend = "sim"
+    backend = "sim" if sim else lock.backend or backend_name(
+        os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE))
     forced = {s.id for s in pipeline.steps} if force_all else _with_dependents(
         pipeline, set(force))
     found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
