@@ -13,10 +13,10 @@ import bisect
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -43,6 +43,7 @@ SUCCEEDED, FAILED, SKIPPED, CACHED = "succeeded", "failed", "skipped", "cached"
 NOT_RUN, INTERRUPTED = "not_run", "interrupted"
 FINAL_STATUSES = (SUCCEEDED, FAILED, SKIPPED, CACHED, NOT_RUN, INTERRUPTED)
 OUTPUT_FILES = {"video": ".mp4", "first_frame": ".first.png", "last_frame": ".last.png"}
+_T = TypeVar("_T")
 CLAIM_POLL_SECONDS = 0.2
 RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be stamped
 _IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -554,19 +555,14 @@ class Executor:
         tasks. Until those answer, nothing is known, so it keeps asking (within
         the step's timeout) rather than risk paying twice.
         """
-        deadline = anyio.current_time() + step.timeout
-        attempt = 0
-        while True:
-            try:
-                return await self._find_created(step, reply_ref, email, at_ms, body)
-            except ApiError as exc:
-                if not exc.retryable:
-                    raise self._failure(exc) from exc
-                if anyio.current_time() > deadline:
-                    raise StepFailed("recovery", "could not tell whether a task was created "
-                                     f"(resume to try again): {exc}", unresolved=True) from exc
-            attempt += 1
-            await anyio.sleep(self._rng.uniform(0, min(30.0, 0.5 * 2**attempt)))
+        try:
+            return await self._patiently(
+                step, lambda: self._find_created(step, reply_ref, email, at_ms, body))
+        except ApiError as exc:
+            if not exc.retryable:
+                raise self._failure(exc) from exc
+            raise StepFailed("recovery", "could not tell whether a task was created "
+                             f"(resume to try again): {exc}", unresolved=True) from exc
 
     async def _find_created(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
                             body: Mapping[str, Any] | None) -> int | None:
@@ -584,18 +580,28 @@ class Executor:
     # ---- polling and collecting -------------------------------------------------
 
     async def _get_task(self, step: Step, task_id: int, email: str | None) -> Task:
-        """The task, now. It exists and is paid for: transient errors are waited out
-        (within the step's timeout) rather than lose it."""
+        """The task, now. It exists and is paid for: transient errors are waited out."""
+        try:
+            return await self._patiently(step, lambda: self.client.get_task(task_id, email=email))
+        except NotFoundError as gone:
+            raise StepFailed("not_found", f"task {task_id} is gone: {gone}") from gone
+        except ApiError as exc:
+            raise self._failure(exc) from exc
+
+    async def _patiently(self, step: Step, call: Callable[[], Awaitable[_T]]) -> _T:
+        """`call()`, again after each transient error (beyond the client's own retries)
+        until the step's timeout; for calls that are safe to repeat. Raises the last
+        error when it is not transient or time is up."""
         deadline = anyio.current_time() + step.timeout
+        attempt = 0
         while True:
             try:
-                return await self.client.get_task(task_id, email=email)
-            except NotFoundError as gone:
-                raise StepFailed("not_found", f"task {task_id} is gone: {gone}") from gone
+                return await call()
             except ApiError as exc:
                 if not exc.retryable or anyio.current_time() > deadline:
-                    raise self._failure(exc) from exc
-            await anyio.sleep(self.options.poll_interval)
+                    raise
+            attempt += 1
+            await anyio.sleep(self._rng.uniform(0, min(30.0, self.options.poll_interval * 2**attempt)))
 
     async def _wait_final(self, step: Step, task: Task, email: str | None) -> Task:
         deadline = anyio.current_time() + step.timeout
@@ -645,26 +651,29 @@ class Executor:
     # ---- inputs ----------------------------------------------------------------
 
     async def _request(self, step: Step, email: str | None) -> dict[str, Any]:
-        urls = {ref: await self._url_of(ref, email) for ref in _refs_of(step)}
+        urls = {ref: await self._url_of(step, ref, email) for ref in _refs_of(step)}
         return request_body(step, self.pipeline, urls.__getitem__, email=email)
 
-    async def _url_of(self, ref: Ref, email: str | None) -> str:
+    async def _url_of(self, step: Step, ref: Ref, email: str | None) -> str:
         if ref.scope == "inputs":
             source = self.pipeline.inputs[ref.name]
             if source.path is None:
                 return str(source.url)
-            return await self._upload(source.path, email)
-        return await self._upload(self.results[ref.name].outputs[ref.attr or "video"].path, email)
+            return await self._upload(step, source.path, email)
+        return await self._upload(step, self.results[ref.name].outputs[ref.attr or "video"].path,
+                                  email)
 
-    async def _upload(self, path: Path, email: str | None) -> str:
-        """Each file is uploaded at most once per run (by content)."""
+    async def _upload(self, step: Step, path: Path, email: str | None) -> str:
+        """Each file is uploaded at most once per run (by content). An upload creates
+        nothing billable, so transient errors are simply waited out."""
         sha = await anyio.to_thread.run_sync(sha256_file, path)
         async with self._upload_locks.setdefault(sha, anyio.Lock()):
             if sha not in self._uploads:
                 content_type = _IMAGE_TYPES.get(path.suffix.lower(), "image/png")
+                data = path.read_bytes()
                 try:
-                    asset = await self.client.upload_asset(path.read_bytes(), content_type,
-                                                           email=email)
+                    asset = await self._patiently(step, lambda: self.client.upload_asset(
+                        data, content_type, email=email))
                 except ApiError as exc:
                     raise self._failure(exc) from exc
                 self._uploads[sha] = asset.url
