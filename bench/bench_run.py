@@ -25,12 +25,14 @@ import argparse
 import contextlib
 import io
 import json
+import multiprocessing
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,13 +98,34 @@ def write_pipeline(folder: Path, steps: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _serve(config: SimConfig, urls: multiprocessing.Queue, stop: Any) -> None:
+    with running_simulator(config) as base_url:
+        urls.put(base_url)
+        stop.wait()
+
+
+@contextlib.contextmanager
+def simulator_process(config: SimConfig) -> Iterator[str]:
+    """The simulator in a process of its own, so it does not share the client's GIL
+    (as bench_sim does); yields its base URL."""
+    urls: multiprocessing.Queue = multiprocessing.Queue()
+    stop = multiprocessing.Event()
+    process = multiprocessing.Process(target=_serve, args=(config, urls, stop), daemon=True)
+    process.start()
+    try:
+        yield urls.get(timeout=30)
+    finally:
+        stop.set()
+        process.join(timeout=10)
+
+
 def run_once(folder: Path, path: Path, task_seconds: float,
              poll: float) -> tuple[dict[str, Any], dict[str, Any], float]:
     config = SimConfig(token=TOKEN, accounts=list(ACCOUNTS.values()), task_seconds=task_seconds,
                        clip_size=(64, 48))
     os.environ["KLINGFLOW_HOME"] = str(folder / "home")
     os.environ["USEAPI_TOKEN"] = TOKEN
-    with running_simulator(config) as base_url:
+    with simulator_process(config) as base_url:
         os.environ["KLINGFLOW_API_BASE"] = base_url
         out, err = io.StringIO(), io.StringIO()
         began = time.monotonic()

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from klingflow.sim import Faults, SimConfig, running_simulator
+from klingflow.sim.server import _listening_socket
 from tests.test_sim_api import MODERATION, NOT_FOUND, START
 from tests.test_sim_support import AUTH, SEED_URLS, png
 
@@ -184,3 +185,21 @@ def _get_when_up(url: str, token: str) -> Any:
         except httpx.ConnectError:
             threading.Event().wait(0.05)
     raise AssertionError(f"{url} never answered")
+
+
+def test_klingflow_sim_serve_on_a_port_in_use_says_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "klingflow", "sim", "serve", "--port",
+                                 str(port)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr == f"klingflow: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def test_the_simulator_listens_with_nodelay() -> None:
+    """Answers go out as headers then body: without TCP_NODELAY (inherited by each
+    accepted socket) Nagle holds the body for the peer's delayed ACK, ~40 ms a request."""
+    with _listening_socket() as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
+from klingflow.errors import UsageError
 from klingflow.sim.app import API, create_app
 from klingflow.sim.config import SimConfig, config_from_cli
 from klingflow.sim.transport import hide_reset_tracebacks
@@ -26,17 +27,25 @@ def _server(config: SimConfig, *, log_level: str = "warning") -> uvicorn.Server:
     return uvicorn.Server(settings)
 
 
-def _free_socket(host: str = "127.0.0.1") -> socket.socket:
+def _listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A socket bound to host:port (0: a free port)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    # Answers go out as headers then body: without TCP_NODELAY (inherited by the
+    # accepted sockets) Nagle holds the body for the peer's delayed ACK, ~40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     return sock
 
 
 @contextmanager
 def running_simulator(config: SimConfig | None = None) -> Iterator[str]:
     """uvicorn on a free 127.0.0.1 port in a background thread; yields the API base URL."""
-    sock = _free_socket()
+    sock = _listening_socket()
     port = sock.getsockname()[1]
     server = _server(config or SimConfig())
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
@@ -69,9 +78,9 @@ def serve(*, host: str, port: int, token: str, accounts: list[str], seed: int, f
     config = config_from_cli(token=token, accounts=accounts, seed=seed, faults=faults,
                              speed=speed, state_dir=state_dir, task_seconds=task_seconds,
                              slow_seconds=slow_seconds)
+    sock = _listening_socket(host, port)
     server = _server(config)
-    server.config.host, server.config.port = host, port
     state = f", state in {state_dir}" if state_dir is not None else ""
     print(f"klingflow simulator: http://{host}:{port}{API}  (token {token!r}, accounts "
           f"{', '.join(f'{e}:{j}' for e, j in config.accounts)}{state})", flush=True)
-    server.run()
+    server.run(sockets=[sock])
