@@ -23,7 +23,7 @@ from klingflow.errors import (
     UnauthorizedError,
 )
 
-TOKEN = "user:1234-secretsecret"
+TOKEN = "user:1-fake-secret"
 BASE = "http://127.0.0.1:9/v1/kling"
 MODERATION = {"error": "The content you uploaded appears to violate the community guidelines. "
                        "(CM_EXT.POther)", "message": "Service busy (CM_EXT.POther)"}

@@ -15,6 +15,7 @@ def test_outside_connections_fail() -> None:
 
 def test_outside_names_are_not_resolved() -> None:
     with pytest.raises((NetworkGuardError, httpx.ConnectError)):
+        # the real service: a test that reaches it fails in the guard, before DNS or TCP
         httpx.get("https://api.useapi.net/v1/kling/accounts", timeout=2)
 
 

@@ -27,7 +27,7 @@ import yaml
 from klingflow.sim import Faults, SimConfig, running_simulator
 from tests.conftest import PIPELINES
 
-TOKEN = "user:9999-klingflowtesttoken"
+TOKEN = "user:9-fake-klingflow-token"
 ACCOUNTS = [("a@example.com", 3), ("b@example.com", 2), ("c@example.com", 2)]
 
 

@@ -32,7 +32,7 @@ from tests.runhelpers import (
 
 __all__ = ["isolated"]
 
-SECRET = "user:4242-klingflowTOPSECRETtoken0123456789"
+SECRET = "user:42-fake-TOPSECRET-klingflow-token"
 
 
 def _wait_for(predicate: object, timeout: float) -> bool:

@@ -63,9 +63,9 @@ def test_an_empty_token_is_no_token(isolated: Path, capsys: pytest.CaptureFixtur
 
 def test_a_wrong_token_stops_the_whole_run(isolated: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    wrong = "user:1111-WRONGklingflowtoken"
+    wrong = "user:11-fake-WRONG-token"
     path = _chain_pipeline(isolated / "p", "wrong-token")
-    config = SimConfig(token="user:2222-rightone", accounts=list(ACCOUNTS.values()))
+    config = SimConfig(token="user:22-fake-right-token", accounts=list(ACCOUNTS.values()))
     with external_sim(monkeypatch, config, token=wrong) as sim:
         code, out, err = run_cli(["run", str(path), "--out", str(isolated / "runs"),
                                   "--poll-interval", "0.05"], capsys)

@@ -25,7 +25,7 @@ from tests.runhelpers import (
     write_pipeline,
 )
 
-TOKEN = "user:7777-faultstoken"
+TOKEN = "user:77-fake-faults-token"
 ACCOUNTS = {"a": ("a@example.com", 3), "b": ("b@example.com", 2), "c": ("c@example.com", 2)}
 FAULTS = "429=0.15,500=0.1,moderation=0.1,reset=0.1,slow=0.1,expire=0.2"
 """500 and reset also strike GETs; until Executor._get_task tolerates a GET whose 4 attempts
