@@ -3,6 +3,7 @@ import socket
 import httpx
 import pytest
 
+from klingflow.client import DEFAULT_API_BASE
 from tests.conftest import NetworkGuardError
 
 
@@ -16,7 +17,7 @@ def test_outside_connections_fail() -> None:
 def test_outside_names_are_not_resolved() -> None:
     with pytest.raises((NetworkGuardError, httpx.ConnectError)):
         # the real service: a test that reaches it fails in the guard, before DNS or TCP
-        httpx.get("https://api.useapi.net/v1/kling/accounts", timeout=2)
+        httpx.get(f"{DEFAULT_API_BASE}/accounts", timeout=2)
 
 
 def test_loopback_is_allowed() -> None:
