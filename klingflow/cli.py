@@ -23,6 +23,7 @@ from klingflow.errors import (
     KlingflowError,
     PipelineError,
 )
+from klingflow.schema_files import SCHEMA_NAMES
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -139,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("schema", help="print a JSON Schema (default: the pipeline file's)")
-    p.add_argument("name", nargs="?", default="pipeline", choices=("pipeline", "plan", "report"))
+    p.add_argument("name", nargs="?", default="pipeline", choices=SCHEMA_NAMES)
     p.set_defaults(func=_cmd_schema)
 
     p = sub.add_parser("lock", help="rebuild a pipeline's lock file from the cache")

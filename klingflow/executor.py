@@ -37,7 +37,7 @@ from klingflow.models import DEFAULT_DURATION
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
 from klingflow.store import Cache, CacheEntry, Claim, Journal, JournalState, sha256_file
-from klingflow.verdicts import request_key
+from klingflow.verdicts import file_hash, request_key
 
 SUCCEEDED, FAILED, SKIPPED, CACHED = "succeeded", "failed", "skipped", "cached"
 NOT_RUN, INTERRUPTED = "not_run", "interrupted"
@@ -403,9 +403,10 @@ class Executor:
             raise
         result.credits = credits or 0
         await self._collect(step, result, task, email)
-        self.cache.store(CacheEntry(key, task.id, alias, credits,
-                                    {a: o.sha256 for a, o in result.outputs.items()}, request),
-                         {a: o.path for a, o in result.outputs.items()})
+        entry = CacheEntry(key, task.id, alias, credits,
+                           {a: o.sha256 for a, o in result.outputs.items()}, request)
+        await anyio.to_thread.run_sync(self.cache.store, entry,
+                                       {a: o.path for a, o in result.outputs.items()})
         self._record_success(step, result, "succeeded")
 
     def _record_success(self, step: Step, result: StepResult, event: str) -> None:
@@ -632,7 +633,8 @@ class Executor:
         await anyio.to_thread.run_sync(media.extract_first_frame, video, first)
         await anyio.to_thread.run_sync(media.extract_last_frame, video, last)
         for attr, path in (("video", video), ("first_frame", first), ("last_frame", last)):
-            result.outputs[attr] = OutputFile(path, sha256_file(path))
+            result.outputs[attr] = OutputFile(path, await anyio.to_thread.run_sync(
+                sha256_file, path))
 
     async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> None:
         """Download at once; a signed URL that expired (403) is refreshed by a new GET."""
@@ -659,14 +661,13 @@ class Executor:
             source = self.pipeline.inputs[ref.name]
             if source.path is None:
                 return str(source.url)
-            return await self._upload(step, source.path, email)
-        return await self._upload(step, self.results[ref.name].outputs[ref.attr or "video"].path,
-                                  email)
+            return await self._upload(step, source.path, file_hash(source.path), email)
+        output = self.results[ref.name].outputs[ref.attr or "video"]
+        return await self._upload(step, output.path, output.sha256, email)
 
-    async def _upload(self, step: Step, path: Path, email: str | None) -> str:
-        """Each file is uploaded at most once per run (by content). An upload creates
-        nothing billable, so transient errors are simply waited out."""
-        sha = await anyio.to_thread.run_sync(sha256_file, path)
+    async def _upload(self, step: Step, path: Path, sha: str, email: str | None) -> str:
+        """Each file (whose hash is known) is uploaded at most once per run. An upload
+        creates nothing billable, so transient errors are simply waited out."""
         async with self._upload_locks.setdefault(sha, anyio.Lock()):
             if sha not in self._uploads:
                 content_type = _IMAGE_TYPES.get(path.suffix.lower(), "image/png")

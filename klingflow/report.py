@@ -40,9 +40,8 @@ def _iso(moment: float | None) -> str | None:
 
 
 def _step_json(result: StepResult, run_dir: Path) -> dict[str, Any]:
-    outputs = {attr: {"path": str(out.path.relative_to(run_dir)) if out.path.is_relative_to(run_dir)
-                      else str(out.path), "sha256": out.sha256}
-               for attr, out in result.outputs.items()}
+    outputs = {attr: {"path": str(out.path.relative_to(run_dir)), "sha256": out.sha256}
+               for attr, out in result.outputs.items()}  # every output is in the run dir
     return {
         "id": result.step_id, "status": result.status, "task_id": result.task_id,
         "account": result.account, "attempts": result.attempts,

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -167,33 +167,27 @@ class Cache:
         return entry
 
     def store(self, entry: CacheEntry, files: Mapping[str, Path]) -> None:
-        """Keep the files, then the entry that names them (so an entry never lacks a file)."""
-        for path in files.values():
-            self.put_object(path)
+        """Keep the files (hashed as `entry.outputs` says), then the entry that names
+        them, so an entry never lacks a file."""
+        for attr, path in files.items():
+            self.put_object(path, entry.outputs[attr])
         data = {"key": entry.key, "task_id": entry.task_id, "account": entry.account,
                 "credits": entry.credits, "outputs": dict(entry.outputs),
                 "request": dict(entry.request)}
         write_atomically(self.root / "entries" / f"{entry.key}.json",
                          json.dumps(data, indent=1, sort_keys=True))
 
-    def entries(self) -> Iterator[CacheEntry]:
-        for path in sorted((self.root / "entries").glob("*.json")):
-            entry = self.lookup(path.stem)
-            if entry is not None:
-                yield entry
-
     def object_path(self, sha: str) -> Path:
         return self.root / "objects" / sha[:2] / sha
 
-    def put_object(self, path: Path) -> str:
-        sha = sha256_file(path)
+    def put_object(self, path: Path, sha: str) -> None:
+        """Keep `path`, whose SHA-256 the caller already knows, under that hash."""
         target = self.object_path(sha)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{sha}.{os.getpid()}.tmp")
             shutil.copyfile(path, tmp)
             tmp.replace(target)
-        return sha
 
     def restore(self, sha: str, dest: Path) -> None:
         tmp = dest.with_name(f".{dest.name}.tmp")

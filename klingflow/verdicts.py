@@ -97,7 +97,7 @@ def _why_not_cached(request: Mapping[str, Any], locked_key: str | None, cache: C
         return "new"
     before = cache.lookup(locked_key)
     if before is None:
-        return "changed" if locked_key else "new"
+        return "changed"
     changed = changed_fields(before.request, request)
     return f"changed: {', '.join(changed)}" if changed else "not in the cache"
 
