@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,15 @@ def canonical_hash(document: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _temporary_beside(path: Path) -> Path:
+    """A name no other writer (process or thread) uses, in `path`'s folder, for a file
+    that is then renamed onto `path`."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def write_atomically(path: Path, text: str) -> None:
     """Write `text` so that `path` holds either the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temporary_beside(path)
     with tmp.open("w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -185,12 +192,12 @@ class Cache:
         target = self.object_path(sha)
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{sha}.{os.getpid()}.tmp")
+            tmp = _temporary_beside(target)
             shutil.copyfile(path, tmp)
             tmp.replace(target)
 
     def restore(self, sha: str, dest: Path) -> None:
-        tmp = dest.with_name(f".{dest.name}.tmp")
+        tmp = _temporary_beside(dest)
         shutil.copyfile(self.object_path(sha), tmp)
         tmp.replace(dest)
 

@@ -122,3 +122,16 @@ def test_an_unresolved_failure_stays_in_flight_for_the_next_resume(tmp_path: Pat
     state = Journal.replay(tmp_path / "j.jsonl")
     assert state.submissions["s"].reply_ref == "r"
     assert "s" not in state.finished
+
+
+def test_threads_storing_the_same_file_at_once_do_not_collide(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = Cache(tmp_path / "cache")
+    frame = tmp_path / "frame.png"
+    frame.write_bytes(b"the same frame" * 1000)
+    sha = sha256_file(frame)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: cache.store(_entry(f"k{i}", sha), {"video": frame}), range(64)))
+    assert all(cache.lookup(f"k{i}") is not None for i in range(64))
+    assert not [p for p in cache.object_path(sha).parent.iterdir() if p.name.endswith(".tmp")]
