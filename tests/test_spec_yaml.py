@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+import yaml
 
 from klingflow.spec.yamlload import parse_yaml
 from tests.test_spec_helpers import HEAD, problems
@@ -54,10 +59,40 @@ def test_alias_bomb_is_refused(tmp_path: Path) -> None:
                              "write the values out instead")
 
 
+DEEP_MESSAGE = ["p.yaml:1:65: " + "[0]" * 64 + ": nested deeper than 64 levels; "
+                "a pipeline is only a few levels deep"]
+
+
 def test_deep_nesting_is_refused_without_crashing(tmp_path: Path) -> None:
-    found = problems(tmp_path, "[" * 100_000 + "]" * 100_000)
-    assert found == ["p.yaml:1:65: " + "[0]" * 64 + ": nested deeper than 64 levels; "
-                     "a pipeline is only a few levels deep"]
+    assert problems(tmp_path, "[" * 100_000 + "]" * 100_000) == DEEP_MESSAGE
+    assert problems(tmp_path, "{a: " * 5_000 + "}" * 5_000)[0].startswith(
+        "p.yaml:1:257: a" + ".a" * 63 + ": nested deeper than 64 levels")
+
+
+@contextlib.contextmanager
+def libyaml_nesting_limit(limit: int) -> Iterator[None]:
+    """libyaml's own nesting limit set lower than klingflow's (PyYAML >= 6.0.4 with
+    libyaml >= 0.2.6 expose it); skips where this PyYAML has no such control."""
+    cyaml = getattr(yaml, "_yaml", None)
+    get = getattr(cyaml, "_get_max_nest_level", None)
+    if get is None or get() == -1:
+        pytest.skip("this PyYAML's libyaml has no nesting limit to set")
+    default = get()
+    cyaml._set_max_nest_level(limit)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        cyaml._set_max_nest_level(default)  # type: ignore[union-attr]
+
+
+def test_the_parsers_own_nesting_limit_never_decides(tmp_path: Path) -> None:
+    """Whatever limit libyaml has, klingflow's own check answers: a file within 64
+    levels is read, a deeper one gets klingflow's located message."""
+    with libyaml_nesting_limit(10):
+        doc, issues = parse_yaml("a: " + "[" * 30 + "1" + "]" * 30 + "\n")
+        assert issues == []
+        assert doc is not None
+        assert problems(tmp_path, "[" * 100_000 + "]" * 100_000) == DEEP_MESSAGE
 
 
 def test_big_file_is_refused(tmp_path: Path) -> None:

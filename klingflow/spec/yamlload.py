@@ -16,10 +16,12 @@ import yaml
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.scalars import TagError, construct_tagged, resolve_plain
 
-_Parser: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_FAST_PARSER: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_PURE_PARSER: type = yaml.SafeLoader
 
 MAX_DEPTH = 64
 MAX_ALIAS_NODES = 100_000
+_PARSER_DEPTH_TEXT = "exceeded maximum nesting depth"  # libyaml's own limit, since 0.2.6
 _SKIPPED: DocPath = ("\x00skipped",)  # where values that are dropped are built
 
 
@@ -192,8 +194,21 @@ def _where(event: Any) -> tuple[int, int]:
 
 
 def parse_yaml(text: str) -> tuple[YamlDocument | None, list[Issue]]:
-    """The document and the issues found; no document when it cannot be trusted."""
-    builder = _Builder(_Parser(text))
+    """The document and the issues found; no document when it cannot be trusted.
+
+    libyaml (PyYAML 6.0.4 and later) refuses flow nesting past its own limit while it
+    scans ahead (up to a line's first 1,024 characters), before the events reach
+    `MAX_DEPTH`. Such a text is read again with the pure-Python parser, which has no
+    limit of its own, so the answer is klingflow's located message on any PyYAML.
+    """
+    found = _parse(text, _FAST_PARSER)
+    if _FAST_PARSER is not _PURE_PARSER and _parser_refused_depth(found[1]):
+        found = _parse(text, _PURE_PARSER)
+    return found
+
+
+def _parse(text: str, parser: type) -> tuple[YamlDocument | None, list[Issue]]:
+    builder = _Builder(parser(text))
     try:
         data = builder.document()
     except _Abort as stop:
@@ -203,6 +218,10 @@ def parse_yaml(text: str) -> tuple[YamlDocument | None, list[Issue]]:
     finally:
         builder.parser.dispose()
     return YamlDocument(data, builder.values, builder.keys), builder.issues
+
+
+def _parser_refused_depth(issues: list[Issue]) -> bool:
+    return bool(issues) and _PARSER_DEPTH_TEXT in issues[-1].message
 
 
 def _syntax_issue(exc: yaml.YAMLError, text: str) -> Issue:
