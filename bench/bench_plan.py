@@ -26,7 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from klingflow.plan import Plan, build_plan, format_plan  # noqa: E402
+from klingflow.plan import Plan, build_plan  # noqa: E402
+from klingflow.report import format_plan  # noqa: E402
 from klingflow.spec import load_pipeline  # noqa: E402
 
 TIME_TARGET_S = 2.0

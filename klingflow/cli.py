@@ -53,7 +53,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from klingflow.plan import format_plan
+    from klingflow.report import format_plan
     from klingflow.runner import plan_with_verdicts
     from klingflow.spec import load_pipeline
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import anyio
 
 from klingflow import media
+from klingflow.cache import Cache, CacheEntry, Claim
 from klingflow.client import KlingClient, Task
 from klingflow.errors import (
     ApiError,
@@ -32,12 +33,13 @@ from klingflow.errors import (
     TransportError,
     UnauthorizedError,
 )
+from klingflow.files import file_hash, sha256_file
+from klingflow.journal import Journal, JournalState
 from klingflow.media import MediaError
 from klingflow.models import DEFAULT_DURATION
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
-from klingflow.store import Cache, CacheEntry, Claim, Journal, JournalState, sha256_file
-from klingflow.verdicts import file_hash, request_key
+from klingflow.verdicts import request_key
 
 SUCCEEDED, FAILED, SKIPPED, CACHED = "succeeded", "failed", "skipped", "cached"
 NOT_RUN, INTERRUPTED = "not_run", "interrupted"

@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from klingflow.files import write_atomically
 from klingflow.plan import Plan
-from klingflow.store import write_atomically
 
 LOCK_VERSION = 1
 HEADER = ("# klingflow lock file: what each step of {name} last produced.\n"

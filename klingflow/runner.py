@@ -19,23 +19,18 @@ from typing import Any
 import anyio
 import httpx
 
+from klingflow.cache import Cache, default_cache_root
 from klingflow.client import DEFAULT_API_BASE, KlingClient
 from klingflow.errors import UsageError
 from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions, StepResult
+from klingflow.journal import Journal, JournalState
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.progress import make_progress
 from klingflow.report import RunInfo, build_report, write_report
+from klingflow.rundir import latest_run_dir, new_run_id
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
-from klingflow.store import (
-    Cache,
-    Journal,
-    JournalState,
-    default_cache_root,
-    latest_run_dir,
-    new_run_id,
-)
 from klingflow.verdicts import verdicts
 
 SIM_POLL_INTERVAL = 0.2

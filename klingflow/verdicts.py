@@ -9,32 +9,19 @@ real run. The key of a step is only known once the outputs it uses are.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
+from klingflow.cache import Cache, CacheEntry
+from klingflow.files import canonical_hash, file_hash
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step
-from klingflow.store import Cache, CacheEntry, canonical_hash, sha256_file
 
 OutputHash = Callable[[Ref], str]
 
 CACHED = "cached"
 WILL_RUN = "will run"
-
-
-@lru_cache(maxsize=1024)
-def _hash_of_file(path: Path, _mtime_ns: int, _size: int) -> str:
-    return sha256_file(path)
-
-
-def file_hash(path: Path) -> str:
-    """SHA-256 of a file, remembered while the file is unchanged."""
-    stat = os.stat(path)
-    return _hash_of_file(path, stat.st_mtime_ns, stat.st_size)
 
 
 def request_key(step: Step, pipeline: Pipeline, backend: str,

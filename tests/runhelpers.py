@@ -21,13 +21,14 @@ import pytest
 import yaml
 from PIL import Image
 
+from klingflow.cache import Cache
 from klingflow.cli import main
 from klingflow.client import KlingClient
 from klingflow.executor import Executor, RunOptions, StepResult
+from klingflow.journal import Journal
 from klingflow.plan import build_plan
 from klingflow.sim import SimConfig, create_app, running_simulator, sim_transport
 from klingflow.spec import load_pipeline
-from klingflow.store import Cache, Journal
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"

@@ -17,9 +17,9 @@ from klingflow.plan import (
     build_plan,
     endpoint_of,
     execution_order,
-    format_plan,
     request_body,
 )
+from klingflow.report import format_plan
 from klingflow.spec.pipeline import (
     Account,
     Input,

@@ -7,7 +7,9 @@ import multiprocessing
 import time
 from pathlib import Path
 
-from klingflow.store import Cache, CacheEntry, Journal, canonical_hash, sha256_file
+from klingflow.cache import Cache, CacheEntry
+from klingflow.files import canonical_hash, sha256_file
+from klingflow.journal import Journal
 
 
 def test_journal_lines_are_on_disk_and_replay_the_last_state(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The run report: built from the executor's results, rendered as JSON or text.
+"""The run report: built from the executor's results; written as report.json.
 
 The reporter never calls the API; it only presents what the executor returned.
 """
@@ -93,17 +93,3 @@ def write_report(report: Mapping[str, Any], run_dir: Path) -> Path:
     tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-def format_report(report: Mapping[str, Any]) -> str:
-    """A short human summary: one line per step that did not simply succeed, then totals."""
-    lines = []
-    for step in report["steps"]:
-        detail = f" [{step['error_category']}] {step['error']}" if step["error"] else ""
-        task = f" task {step['task_id']}" if step["task_id"] is not None else ""
-        lines.append(f"  {step['status']:<11} {step['id']}{task}{detail}")
-    totals = report["totals"]
-    counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(totals["by_status"].items()))
-    lines.append(f"{report['pipeline']['name']}: {report['status']} ({counts}); "
-                 f"{totals['credits']} credits spent; report: {report['run_dir']}/report.json")
-    return "\n".join(lines)

@@ -1,0 +1,7 @@
+"""Where results are kept between runs: the local cache (and, later, a remote one)."""
+
+from __future__ import annotations
+
+from klingflow.cache.local import CACHE_DIR_NAME, Cache, CacheEntry, Claim, default_cache_root
+
+__all__ = ["CACHE_DIR_NAME", "Cache", "CacheEntry", "Claim", "default_cache_root"]

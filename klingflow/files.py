@@ -1,0 +1,52 @@
+"""Files: content hashes and writes that never leave a half-written file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def canonical_hash(document: Mapping[str, Any]) -> str:
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def temporary_beside(path: Path) -> Path:
+    """A name no other writer (process or thread) uses, in `path`'s folder, for a file
+    that is then renamed onto `path`."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `text` so that `path` holds either the old or the new content, never a mix."""
+    tmp = temporary_beside(path)
+    with tmp.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+
+
+@lru_cache(maxsize=1024)
+def _hash_of_file(path: Path, _mtime_ns: int, _size: int) -> str:
+    return sha256_file(path)
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of a file, remembered while the file is unchanged."""
+    stat = os.stat(path)
+    return _hash_of_file(path, stat.st_mtime_ns, stat.st_size)
