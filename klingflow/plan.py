@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from klingflow.errors import PipelineError, Problem
@@ -72,6 +72,7 @@ class PlannedStep:
     body: Mapping[str, object]
     credits: int | None
     price_source: PriceSource
+    step: Step = field(compare=False, repr=False)  # what the executor runs
     price_note: str | None = None
     cache: str | None = None  # "cached" or "will run"; None when the cache was not asked
     reason: str | None = None  # why it will run: new, changed: prompt, upstream changed...
@@ -290,7 +291,7 @@ def plan_step(step: Step, pipeline: Pipeline, *, resolve: Resolve,
         id=step.id, kind=step.kind, endpoint=endpoint_of(step), model=key.model,
         mode=key.mode, duration=key.duration, audio=key.audio, account=step.account,
         email=email, waits_for=step.needs, body=body, credits=credits,
-        price_source=source,
+        price_source=source, step=step,
         price_note=_missing_price_note(key) if credits is None else None)
 
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from klingflow.executor import Event
+from klingflow.run import Event
 
 _STYLE = {"succeeded": "green", "cached": "cyan", "failed": "red", "skipped": "yellow",
           "not_run": "yellow", "interrupted": "yellow", "submitted": "blue", "waiting": "magenta"}

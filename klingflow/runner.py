@@ -22,12 +22,12 @@ import httpx
 from klingflow.cache import Cache, default_cache_root
 from klingflow.client import DEFAULT_API_BASE, KlingClient
 from klingflow.errors import UsageError
-from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions, StepResult
 from klingflow.journal import Journal, JournalState
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.progress import make_progress
 from klingflow.report import RunInfo, build_report, write_report
+from klingflow.run import Executor, RunOptions, StepResult
 from klingflow.rundir import latest_run_dir, new_run_id
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
@@ -138,8 +138,7 @@ async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
     async with httpx.AsyncClient() as http:
         cache = Cache(default_cache_root(pipeline.path))
         executor = Executor(
-            pipeline=pipeline, order=[pipeline.step(s.id) for s in plan.steps],
-            credits={s.id: s.credits for s in plan.steps},
+            pipeline=pipeline, plan=plan,
             client=KlingClient(http, token=backend.token, base_url=backend.base_url),
             run_dir=run_dir, journal=journal, cache=cache,
             options=options, prior=prior, on_event=progress)
@@ -163,7 +162,7 @@ def _update_lock(pipeline: Pipeline, plan: Plan, backend: str, cache: Cache,
     entries = dict(previous.steps) if previous.backend == backend else {}
     for result in results.values():
         entry = cache.lookup(result.key) if result.key else None
-        if result.status in (SUCCEEDED, CACHED) and entry is not None:
+        if result.status.done and entry is not None:
             entries[result.step_id] = entry_for(
                 plan, result.step_id, key=entry.key, task_id=entry.task_id,
                 account=entry.account, credits=entry.credits, outputs=entry.outputs)
@@ -195,7 +194,7 @@ def _run_status(executor: Executor, interrupted: bool) -> tuple[str, str | None]
         return "aborted", str(executor.aborted)
     if interrupted:
         return "interrupted", "interrupted by the user; continue with --resume"
-    ok = all(r.status in (SUCCEEDED, CACHED) for r in executor.results.values())
+    ok = all(r.status.done for r in executor.results.values())
     return ("succeeded", None) if ok else ("failed", None)
 
 

@@ -24,9 +24,9 @@ from PIL import Image
 from klingflow.cache import Cache
 from klingflow.cli import main
 from klingflow.client import KlingClient
-from klingflow.executor import Executor, RunOptions, StepResult
 from klingflow.journal import Journal
 from klingflow.plan import build_plan
+from klingflow.run import Executor, RunOptions, StepResult
 from klingflow.sim import SimConfig, create_app, running_simulator, sim_transport
 from klingflow.spec import load_pipeline
 
@@ -202,8 +202,7 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
     transport = transport_wrapper(inner) if transport_wrapper else inner
     async with httpx.AsyncClient(transport=transport) as http:  # enters the app's lifespan
         client = KlingClient(http, token=config.token, base_url=IN_PROCESS_BASE, sleep=no_sleep)
-        executor = Executor(pipeline=pipeline, order=[pipeline.step(s.id) for s in plan.steps],
-                            credits={s.id: s.credits for s in plan.steps}, client=client,
+        executor = Executor(pipeline=pipeline, plan=plan, client=client,
                             run_dir=run_dir, journal=journal,
                             cache=Cache(run_dir.parent / "cache"), options=options)
         results = await executor.run()

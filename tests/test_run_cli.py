@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.executor import Event
 from klingflow.progress import make_progress
+from klingflow.run import Event
 from klingflow.sim import SimConfig
 from tests.runhelpers import (
     ROOT,

@@ -28,7 +28,7 @@ from klingflow.errors import (
     TransportError,
     UnauthorizedError,
 )
-from klingflow.executor import SUCCEEDED
+from klingflow.run import StepStatus
 from klingflow.sim import Faults, SimConfig, create_app, sim_transport
 from tests.runhelpers import IN_PROCESS_BASE, frames_step, no_sleep, run_in_process, write_pipeline
 from tests.test_sim_support import FakeClock, png
@@ -248,7 +248,7 @@ async def test_a_task_created_before_the_error_is_found_by_reply_ref(
         tmp_path: Path, action: str) -> None:
     run, scripted = await _recover(tmp_path, [action])
     result = run.results["s0"]
-    assert (result.status, result.attempts) == (SUCCEEDED, 1)
+    assert (result.status, result.attempts) == (StepStatus.SUCCEEDED, 1)
     assert scripted.posts == 1  # never resent
     _one_task_per_step(run)
     assert run.stats["requests"]["GET /scheduler"] >= 1
@@ -256,7 +256,7 @@ async def test_a_task_created_before_the_error_is_found_by_reply_ref(
 
 async def test_without_the_scheduler_the_task_is_found_in_the_history(tmp_path: Path) -> None:
     run, scripted = await _recover(tmp_path, ["after-500"], hide_scheduler=True)
-    assert run.results["s0"].status == SUCCEEDED
+    assert run.results["s0"].status == StepStatus.SUCCEEDED
     assert scripted.posts == 1
     _one_task_per_step(run)
     assert run.stats["requests"]["GET /tasks"] >= 1
@@ -265,7 +265,7 @@ async def test_without_the_scheduler_the_task_is_found_in_the_history(tmp_path: 
 async def test_a_post_that_created_nothing_is_resent_once(tmp_path: Path) -> None:
     run, scripted = await _recover(tmp_path, ["before-500"])
     result = run.results["s0"]
-    assert (result.status, result.attempts) == (SUCCEEDED, 2)
+    assert (result.status, result.attempts) == (StepStatus.SUCCEEDED, 2)
     assert scripted.posts == 2
     _one_task_per_step(run)
 
@@ -283,7 +283,7 @@ async def test_recovery_never_adopts_another_steps_task(tmp_path: Path) -> None:
     """Several steps, several unknown outcomes at once: still one task per step."""
     run, _ = await _recover(tmp_path, ["after-500", "before-500", "after-reset",
                                        "after-500"], steps=4)
-    assert {r.status for r in run.results.values()} == {SUCCEEDED}
+    assert {r.status for r in run.results.values()} == {StepStatus.SUCCEEDED}
     _one_task_per_step(run)
 
 
@@ -291,7 +291,7 @@ async def test_a_429_is_waited_out(tmp_path: Path) -> None:
     began = time.monotonic()
     run, scripted = await _recover(tmp_path, ["429", "429"])
     result = run.results["s0"]
-    assert result.status == SUCCEEDED, result.error
+    assert result.status == StepStatus.SUCCEEDED, result.error
     assert scripted.posts == 3
     assert time.monotonic() - began >= 0.1  # Retry-After: 0.05, twice
     _one_task_per_step(run)
@@ -301,7 +301,7 @@ async def test_429s_do_not_use_up_the_retries_of_transient_errors(tmp_path: Path
     """retries (default 3) counts unknown outcomes; a 429 created nothing and is waited out."""
     run, scripted = await _recover(tmp_path, ["429", "429", "429", "before-500"])
     result = run.results["s0"]
-    assert result.status == SUCCEEDED, result.error
+    assert result.status == StepStatus.SUCCEEDED, result.error
     assert scripted.posts == 5
     _one_task_per_step(run)
 
@@ -309,13 +309,13 @@ async def test_429s_do_not_use_up_the_retries_of_transient_errors(tmp_path: Path
 async def test_a_poll_that_keeps_failing_is_tried_again_until_the_timeout(tmp_path: Path) -> None:
     """Polling a task: transient errors beyond the client's 4 attempts wait for the next poll."""
     run, _ = await _recover(tmp_path, [], failing_polls=6)
-    assert run.results["s0"].status == SUCCEEDED, run.results["s0"].error
+    assert run.results["s0"].status == StepStatus.SUCCEEDED, run.results["s0"].error
     _one_task_per_step(run)
 
 
 async def test_a_recovered_task_survives_transient_poll_errors(tmp_path: Path) -> None:
     run, scripted = await _recover(tmp_path, ["after-500"], failing_polls=4)
     result = run.results["s0"]
-    assert result.status == SUCCEEDED, result.error
+    assert result.status == StepStatus.SUCCEEDED, result.error
     assert scripted.posts == 1
     _one_task_per_step(run)

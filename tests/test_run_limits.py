@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.executor import SUCCEEDED, RunOptions
+from klingflow.run import RunOptions, StepStatus
 from klingflow.sim import SimConfig
 from tests.runhelpers import InProcessRun, frames_step, peak_overlap, run_in_process, write_pipeline
 
@@ -45,7 +45,7 @@ async def test_each_account_stays_within_its_max_jobs(tmp_path: Path) -> None:
     path = write_pipeline(tmp_path / "p", "limits", steps,
                           accounts={"a": A, "b": B})
     run = await run_in_process(path, SimConfig(**CONFIG), tmp_path / "run")  # type: ignore[arg-type]
-    assert {r.status for r in run.results.values()} == {SUCCEEDED}
+    assert {r.status for r in run.results.values()} == {StepStatus.SUCCEEDED}
     accounts = run.stats["accounts"]
     assert accounts["a@example.com"]["peak_running"] == 2  # used, never exceeded
     assert accounts["b@example.com"]["peak_running"] == 1
@@ -62,7 +62,7 @@ async def test_the_run_cap_is_below_the_sum_of_account_limits(tmp_path: Path) ->
     path = write_pipeline(tmp_path / "p", "capped", steps, accounts={"a": A, "b": B},
                           max_jobs=2)
     run = await run_in_process(path, SimConfig(**CONFIG), tmp_path / "run")  # type: ignore[arg-type]
-    assert {r.status for r in run.results.values()} == {SUCCEEDED}
+    assert {r.status for r in run.results.values()} == {StepStatus.SUCCEEDED}
     assert _service_overlap(run) == 2  # limits.max_jobs: 2, although a + b allow 3
     accounts = run.stats["accounts"]
     assert accounts["a@example.com"]["peak_running"] <= 2
@@ -76,7 +76,7 @@ async def test_the_max_jobs_option_overrides_the_pipeline(tmp_path: Path) -> Non
     options = RunOptions(poll_interval=0.02, backend="sim", max_jobs=1)
     run = await run_in_process(path, SimConfig(**CONFIG), tmp_path / "run",  # type: ignore[arg-type]
                                options=options)
-    assert {r.status for r in run.results.values()} == {SUCCEEDED}
+    assert {r.status for r in run.results.values()} == {StepStatus.SUCCEEDED}
     assert _service_overlap(run) == 1
 
 
@@ -84,7 +84,7 @@ async def test_steps_without_an_account_spread_over_accounts_with_room(tmp_path:
     steps = _independent(9, account=None)
     path = write_pipeline(tmp_path / "p", "spread", steps, accounts={"a": A, "b": B})
     run = await run_in_process(path, SimConfig(**CONFIG), tmp_path / "run")  # type: ignore[arg-type]
-    assert {r.status for r in run.results.values()} == {SUCCEEDED}
+    assert {r.status for r in run.results.values()} == {StepStatus.SUCCEEDED}
     used = [e["account"] for e in run.ledger]
     assert set(used) == {"a@example.com", "b@example.com"}
     assert _service_overlap(run) == 3  # both accounts full at once: no slot left idle

@@ -15,7 +15,7 @@ from typing import Any
 
 import jsonschema
 
-from klingflow.executor import CACHED, SUCCEEDED, StepResult
+from klingflow.run import StepResult, StepStatus
 from klingflow.schema_files import load_schema
 from klingflow.spec.pipeline import Pipeline
 
@@ -63,14 +63,14 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
         "credits": sum(r.credits for r in results.values()),
         "credits_by_account": dict(by_account),
         "tasks_created": sum(1 for r in results.values()
-                             if r.task_id is not None and r.status != CACHED),
+                             if r.task_id is not None and r.status != StepStatus.CACHED),
     }
 
 
 def build_report(pipeline: Pipeline, results: Mapping[str, StepResult],
                  info: RunInfo) -> dict[str, Any]:
     """The report document; valid against `schemas/report.schema.json`."""
-    done = {sid for sid, r in results.items() if r.status in (SUCCEEDED, CACHED)}
+    done = {sid for sid, r in results.items() if r.status.done}
     report = {
         "format": REPORT_FORMAT,
         "pipeline": {"name": pipeline.name, "path": str(pipeline.path)},

@@ -1,0 +1,113 @@
+"""Collecting a task's result: polling until it is final, downloading the clip,
+extracting its frames and hashing them, and keeping them in the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+
+from klingflow import media
+from klingflow.cache import Cache, CacheEntry
+from klingflow.client import KlingClient, Task
+from klingflow.errors import ApiError, NotFoundError, ServerError, TransportError
+from klingflow.files import sha256_file
+from klingflow.run.results import OUTPUT_FILES, OutputFile, StepFailed, StepResult, step_failure
+from klingflow.run.waiting import Patience
+from klingflow.spec.pipeline import Step
+
+DOWNLOAD_ATTEMPTS = 4
+
+
+class Collector:
+    """Reads tasks (they exist and are paid for: transient errors are waited out) and
+    turns a finished one into the step's files in the run directory and the cache."""
+
+    def __init__(self, *, client: KlingClient, run_dir: Path, cache: Cache,
+                 patience: Patience, poll_interval: float) -> None:
+        self._client = client
+        self._run_dir = run_dir
+        self._cache = cache
+        self._patience = patience
+        self._interval = poll_interval
+
+    async def get_task(self, step: Step, task_id: int, email: str | None) -> Task:
+        """The task, now."""
+        try:
+            return await self._patience(step.timeout,
+                                        lambda: self._client.get_task(task_id, email=email))
+        except NotFoundError as gone:
+            raise StepFailed("not_found", f"task {task_id} is gone: {gone}") from gone
+        except ApiError as exc:
+            raise step_failure(exc) from exc
+
+    async def wait_final(self, step: Step, task: Task, email: str | None) -> Task:
+        deadline = anyio.current_time() + step.timeout
+        while not task.status_final:
+            if anyio.current_time() > deadline:
+                raise StepFailed("timeout", f"task {task.id} was not done after "
+                                 f"{step.timeout:g} s (the step's timeout)")
+            await anyio.sleep(self._interval)
+            task = await self._poll_once(task, email)
+        return task
+
+    async def _poll_once(self, task: Task, email: str | None) -> Task:
+        try:
+            return await self._client.get_task(task.id, email=email)
+        except NotFoundError as gone:
+            raise StepFailed("not_found", f"task {task.id} is gone: {gone}") from gone
+        except ApiError as exc:
+            if exc.retryable:
+                return task  # the client's own retries are used up: try at the next poll
+            raise step_failure(exc) from exc
+
+    async def collect(self, step: Step, result: StepResult, task: Task,
+                      email: str | None) -> None:
+        """Download the clip, extract its first and last frames, hash all three."""
+        video = self.path_of(step, "video")
+        await self._download(step, task, email, video)
+        first, last = self.path_of(step, "first_frame"), self.path_of(step, "last_frame")
+        await anyio.to_thread.run_sync(media.extract_first_frame, video, first)
+        await anyio.to_thread.run_sync(media.extract_last_frame, video, last)
+        for attr, path in (("video", video), ("first_frame", first), ("last_frame", last)):
+            result.outputs[attr] = OutputFile(path, await anyio.to_thread.run_sync(
+                sha256_file, path))
+
+    async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> None:
+        """Download at once; a signed URL that expired (403) is refreshed by a new GET."""
+        for attempt in range(DOWNLOAD_ATTEMPTS):
+            if task.video is None:
+                raise StepFailed("no_video", f"task {task.id} succeeded without a video")
+            try:
+                await self._client.download(task.video.url, dest)
+                return
+            except (NotFoundError, TransportError, ServerError) as exc:
+                if attempt == DOWNLOAD_ATTEMPTS - 1:
+                    raise StepFailed("download", f"could not download task {task.id}'s video: "
+                                     f"{exc}") from exc
+                task = await self.get_task(step, task.id, email)
+
+    def path_of(self, step: Step, attr: str) -> Path:
+        return self._run_dir / f"{step.id}{OUTPUT_FILES[attr]}"
+
+    def restore_cached(self, step: Step, result: StepResult, key: str) -> bool:
+        """Copy the step's cached outputs into the run directory; False if not cached."""
+        entry = self._cache.lookup(key)
+        if entry is None:
+            return False
+        for attr, sha in entry.outputs.items():
+            dest = self.path_of(step, attr)
+            self._cache.restore(sha, dest)
+            result.outputs[attr] = OutputFile(dest, sha)
+        result.task_id, result.account = entry.task_id, entry.account
+        return True
+
+    async def keep(self, result: StepResult, *, task_id: int, account: str | None,
+                   credits: int | None, request: Mapping[str, object]) -> None:
+        """Store the step's outputs and its cache entry (off the event loop)."""
+        assert result.key is not None
+        entry = CacheEntry(result.key, task_id, account, credits,
+                           {a: o.sha256 for a, o in result.outputs.items()}, request)
+        await anyio.to_thread.run_sync(self._cache.store, entry,
+                                       {a: o.path for a, o in result.outputs.items()})

@@ -1,0 +1,256 @@
+"""The executor: runs a plan's steps on anyio within their limits.
+
+A step starts as soon as every step it needs is done; it is served from the cache,
+or submitted (`Submitter`: never paying twice), waited for and collected
+(`Collector`). Tasks in flight are capped per account and for the whole run
+(`Slots`), and credits by the budget (`Budget`). Results come back as
+`StepResult`s; this module never prints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from klingflow.cache import Cache, Claim
+from klingflow.client import KlingClient, Task
+from klingflow.journal import Journal, JournalState
+from klingflow.media import MediaError
+from klingflow.plan import Plan, PlannedStep
+from klingflow.run.collection import Collector
+from klingflow.run.results import (
+    Event,
+    NotSubmitted,
+    RunAborted,
+    StepFailed,
+    StepResult,
+    StepStatus,
+)
+from klingflow.run.resume import Resume
+from klingflow.run.scheduling import Budget, Slots, urgency
+from klingflow.run.submission import Submitter
+from klingflow.run.uploads import Uploads
+from klingflow.run.waiting import Patience
+from klingflow.spec.pipeline import Pipeline, Ref, Step
+from klingflow.verdicts import request_key
+
+CLAIM_POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    max_jobs: int | None = None  # whole-run cap; None: the pipeline's limits.max_jobs
+    poll_interval: float = 15.0
+    fail_fast: bool = False
+    budget: int | None = None  # credits; None: the pipeline's limits.budget
+    force: frozenset[str] = field(default_factory=frozenset)  # regenerate even when cached
+    backend: str = "useapi"  # part of every cache key: "sim" clips never serve real runs
+    max_rate_limit_wait: float = 600.0  # seconds one step may spend waiting out 429s
+
+
+class Executor:
+    """Runs the steps of one plan into one run directory."""
+
+    def __init__(self, *, pipeline: Pipeline, plan: Plan, client: KlingClient, run_dir: Path,
+                 journal: Journal, cache: Cache, options: RunOptions,
+                 prior: JournalState | None = None,
+                 on_event: Callable[[Event], None] = lambda event: None) -> None:
+        self.pipeline = pipeline
+        self.planned = {s.id: s for s in plan.steps}
+        self.run_dir = run_dir
+        self.journal = journal
+        self.cache = cache
+        self.options = options
+        self.on_event = on_event
+        self.results = {sid: StepResult(sid) for sid in self.planned}
+        self.aborted: RunAborted | None = None
+        self._done = {sid: anyio.Event() for sid in self.planned}
+        self._stopping = False
+        self._slots = self._make_slots()
+        self._resume = Resume(prior or JournalState(), self._slots)
+        self._prepaid = self._resume.paid()
+        self._budget = Budget(options.budget if options.budget is not None else pipeline.budget,
+                              spent=sum(self.planned[sid].credits or 0 for sid in self._prepaid
+                                        if sid in self.planned))
+        patience = Patience(options.poll_interval)
+        self._collector = Collector(client=client, run_dir=run_dir, cache=cache,
+                                    patience=patience, poll_interval=options.poll_interval)
+        uploads = Uploads(pipeline=pipeline, client=client, journal=journal,
+                          uploaded=self._resume.prior.uploads, output_of=self._output_of,
+                          patience=patience)
+        self._submitter = Submitter(
+            pipeline=pipeline, client=client, journal=journal, slots=self._slots,
+            uploads=uploads, collector=self._collector, resume=self._resume,
+            patience=patience, urgency=urgency([s.step for s in plan.steps]),
+            poll_interval=options.poll_interval,
+            max_rate_limit_wait=options.max_rate_limit_wait,
+            stopping=lambda: self._stopping, on_event=on_event)
+
+    def _make_slots(self) -> Slots:
+        total = self.options.max_jobs or self.pipeline.max_jobs
+        if not self.pipeline.accounts:
+            return Slots({None: total or 1}, total)
+        return Slots({a.alias: a.max_jobs for a in self.pipeline.accounts.values()}, total)
+
+    def _output_of(self, ref: Ref) -> Any:
+        return self.results[ref.name].outputs[ref.attr or "video"]
+
+    # ---- the run ------------------------------------------------------------------
+
+    async def run(self) -> dict[str, StepResult]:
+        self._resume.hold_running_slots(self.planned)
+        try:
+            async with anyio.create_task_group() as group:
+                self._group = group
+                for planned in self.planned.values():
+                    group.start_soon(self._run_step, planned)
+        finally:
+            self._close_unfinished()
+        return self.results
+
+    def stop_submitting(self) -> None:
+        """No new submissions (fail-fast, Ctrl-C); tasks already paid for go on."""
+        self._stopping = True
+
+    def _close_unfinished(self) -> None:
+        for result in self.results.values():
+            if not result.status.final:
+                result.status = (StepStatus.INTERRUPTED if result.task_id is not None
+                                 else StepStatus.NOT_RUN)
+                result.finished_at = result.finished_at or time.time()
+
+    async def _run_step(self, planned: PlannedStep) -> None:
+        step = planned.step
+        result = self.results[step.id]
+        result.queued_at = time.time()
+        try:
+            await self._run_when_ready(planned, result)
+        except StepFailed as failure:
+            self._fail(result, failure)
+        except NotSubmitted:
+            self._finish(result, StepStatus.NOT_RUN, None, "not submitted: the run was stopping")
+        except MediaError as bad:
+            self._fail(result, StepFailed("media", str(bad)))
+        except RunAborted as abort:
+            self.aborted = self.aborted or abort
+            self._finish(result, StepStatus.FAILED, abort.cause.category, str(abort))
+            self.stop_submitting()
+            self._group.cancel_scope.cancel()
+        finally:
+            self._resume.give_back(step.id)  # if the step did not re-attach
+            self._done[step.id].set()
+
+    def _fail(self, result: StepResult, failure: StepFailed) -> None:
+        self._finish(result, StepStatus.FAILED, failure.category, str(failure))
+        self.journal.write({"event": "failed", "step": result.step_id,
+                            "category": failure.category, "message": str(failure),
+                            "unresolved": failure.unresolved})
+        if self.options.fail_fast:
+            self.stop_submitting()
+
+    async def _run_when_ready(self, planned: PlannedStep, result: StepResult) -> None:
+        step = planned.step
+        for need in step.needs:
+            await self._done[need].wait()
+        blocked = [n for n in step.needs if not self.results[n].status.done]
+        if blocked:
+            reason = f"needs {blocked[0]}, which {self.results[blocked[0]].status.replace('_', ' ')}"
+            self._finish(result, StepStatus.SKIPPED, None, reason)
+            return
+        await self._execute(planned, result)
+
+    def _finish(self, result: StepResult, status: StepStatus, category: str | None,
+                message: str | None) -> None:
+        result.status, result.error_category, result.error = status, category, message
+        result.finished_at = time.time()
+        self.on_event(Event(result.step_id, status, message or ""))
+
+    # ---- one step ----------------------------------------------------------------
+
+    async def _execute(self, planned: PlannedStep, result: StepResult) -> None:
+        step = planned.step
+        key, request = self.request_key(step)
+        result.key = key
+        if self._restore_finished(step, result, key):
+            return
+        claim = await self._claim(key)
+        try:
+            if step.id not in self.options.force and \
+                    self._collector.restore_cached(step, result, key):
+                self._record_success(result, StepStatus.CACHED)
+                return
+            await self._generate(planned, result, request)
+        finally:
+            claim.release()
+
+    async def _claim(self, key: str) -> Claim:
+        """Wait until no other process works on this request (two runs never pay twice)."""
+        while (claim := self.cache.try_claim(key)) is None:
+            await anyio.sleep(CLAIM_POLL_SECONDS)
+        return claim
+
+    def request_key(self, step: Step) -> tuple[str, dict[str, Any]]:
+        """The step's cache key: its canonical request, inputs replaced by content hashes."""
+        return request_key(step, self.pipeline, self.options.backend,
+                           lambda ref: self._output_of(ref).sha256)
+
+    def _restore_finished(self, step: Step, result: StepResult, key: str) -> bool:
+        """On resume: a step this run directory already finished is not done again."""
+        found = self._resume.finished(step.id, key, self.run_dir)
+        if found is None:
+            return False
+        done, result.outputs = found
+        result.task_id = done.get("task_id")
+        result.account, result.credits = done.get("account"), int(done.get("credits") or 0)
+        result.attempts = self._resume.attempts(step.id)
+        status = StepStatus.SUCCEEDED if done["event"] == "succeeded" else StepStatus.CACHED
+        self._finish(result, status, None, None)
+        return True
+
+    async def _generate(self, planned: PlannedStep, result: StepResult,
+                        request: dict[str, Any]) -> None:
+        step, credits = planned.step, planned.credits
+        reserved = step.id not in self._prepaid  # a task paid before a crash is counted
+        if reserved:
+            self._budget.reserve(step.id, credits)
+        try:
+            task, email, alias = await self._submit_and_wait(step, result)
+        except BaseException:
+            if reserved and result.task_id is None:
+                self._budget.refund(credits)
+            raise
+        result.credits = credits or 0
+        await self._collector.collect(step, result, task, email)
+        await self._collector.keep(result, task_id=task.id, account=alias, credits=credits,
+                                   request=request)
+        self._record_success(result, StepStatus.SUCCEEDED)
+
+    def _record_success(self, result: StepResult, status: StepStatus) -> None:
+        outputs = {a: [o.path.name, o.sha256] for a, o in result.outputs.items()}
+        self.journal.write({"event": str(status), "step": result.step_id, "key": result.key,
+                            "task_id": result.task_id, "account": result.account,
+                            "credits": result.credits, "outputs": outputs})
+        self._finish(result, status, None, None)
+
+    async def _submit_and_wait(self, step: Step,
+                               result: StepResult) -> tuple[Task, str | None, str | None]:
+        """Hold a slot from submit until the task is final; returns (task, email, alias)."""
+        assert result.key is not None
+        alias, task = await self._submitter.reattach(step, result, result.key)
+        if task is None:
+            alias, task = await self._submitter.submit(step, result, result.key)
+        email = self._submitter.email(alias)
+        try:
+            task = await self._collector.wait_final(step, task, email)
+        finally:
+            self._slots.release(alias)
+        if task.failed:
+            category = "moderation" if "violate" in task.error.lower() else "generation_failed"
+            raise StepFailed(category, f"task {task.id} failed: "
+                             f"{task.error or task.message or task.status_name}")
+        return task, email, alias

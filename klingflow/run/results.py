@@ -1,0 +1,98 @@
+"""What a run produces per step: its status, its result, the events, and how a step fails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from klingflow.errors import ApiError, KlingflowError, PaymentRequiredError, UnauthorizedError
+
+
+class StepStatus(StrEnum):
+    """Where a step stands; the values are what reports and journals say."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"  # paid for in this run directory
+    CACHED = "cached"  # served by the cache, at no cost
+    FAILED = "failed"
+    SKIPPED = "skipped"  # a step it needs did not succeed
+    NOT_RUN = "not_run"  # the run stopped before submitting it
+    INTERRUPTED = "interrupted"  # its task was still running when the run stopped
+
+    @property
+    def final(self) -> bool:
+        return self is not StepStatus.PENDING
+
+    @property
+    def done(self) -> bool:
+        """Its outputs exist: steps that need it can go on."""
+        return self in (StepStatus.SUCCEEDED, StepStatus.CACHED)
+
+
+OUTPUT_FILES = {"video": ".mp4", "first_frame": ".first.png", "last_frame": ".last.png"}
+"""A step's outputs, by attribute, and the suffix of their files in the run directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputFile:
+    path: Path
+    sha256: str
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What happened to one step. Mutable while the run goes; read-only after."""
+
+    step_id: str
+    status: StepStatus = StepStatus.PENDING
+    task_id: int | None = None
+    account: str | None = None
+    attempts: int = 0
+    error_category: str | None = None
+    error: str | None = None
+    queued_at: float | None = None
+    submitted_at: float | None = None
+    finished_at: float | None = None
+    credits: int = 0
+    key: str | None = None
+    outputs: dict[str, OutputFile] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A change the progress display may show."""
+
+    step_id: str
+    status: str
+    detail: str = ""
+
+
+class StepFailed(KlingflowError):
+    """A step that cannot succeed in this run. `unresolved`: a POST of it may have
+    created a task that could not be found yet; a resume must look again first."""
+
+    def __init__(self, category: str, message: str, *, unresolved: bool = False) -> None:
+        super().__init__(message)
+        self.category = category
+        self.unresolved = unresolved
+
+
+class NotSubmitted(Exception):
+    """The run is stopping (fail-fast, Ctrl-C): this step is not sent."""
+
+
+class RunAborted(KlingflowError):
+    """A condition that stops the whole run (401, 402)."""
+
+    def __init__(self, cause: ApiError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.exit_code = cause.exit_code
+
+
+def step_failure(exc: ApiError) -> KlingflowError:
+    """What an API error means for the run: 401 and 402 stop it, anything else fails the step."""
+    if isinstance(exc, UnauthorizedError | PaymentRequiredError):
+        return RunAborted(exc)
+    return StepFailed(exc.category, str(exc))

@@ -1,0 +1,213 @@
+"""Submission: getting a task for a step without ever paying twice.
+
+Each generation POST is journalled before it is sent (with a fresh replyRef) and
+right after (with its task id). A POST whose outcome is unknown (a 500 that is not
+moderation, a reset, a timeout) is recovered before anything is sent again: GET
+scheduler by replyRef, then GET tasks for a matching one. On resume, a step's
+earlier POST is re-attached to, or recovered, instead of being sent again.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+
+from klingflow.client import KlingClient, Task
+from klingflow.errors import ApiError, RateLimitedError, ServerError, TransportError
+from klingflow.journal import Journal
+from klingflow.plan import endpoint_of
+from klingflow.run.collection import Collector
+from klingflow.run.results import Event, NotSubmitted, StepFailed, StepResult, step_failure
+from klingflow.run.resume import Resume
+from klingflow.run.scheduling import Slots
+from klingflow.run.uploads import Uploads
+from klingflow.run.waiting import Patience
+from klingflow.spec.pipeline import Pipeline, Step
+
+RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be stamped
+
+
+class Submitter:
+    """Submits steps within their slots; returns each with a slot held for its task."""
+
+    def __init__(self, *, pipeline: Pipeline, client: KlingClient, journal: Journal,
+                 slots: Slots, uploads: Uploads, collector: Collector, resume: Resume,
+                 patience: Patience, urgency: Mapping[str, float], poll_interval: float,
+                 max_rate_limit_wait: float, stopping: Callable[[], bool],
+                 on_event: Callable[[Event], None]) -> None:
+        self._pipeline = pipeline
+        self._client = client
+        self._journal = journal
+        self._slots = slots
+        self._uploads = uploads
+        self._collector = collector
+        self._resume = resume
+        self._patience = patience
+        self._urgency = urgency
+        self._interval = poll_interval
+        self._max_rate_limit_wait = max_rate_limit_wait
+        self._stopping = stopping
+        self._on_event = on_event
+        self._claimed: set[int] = resume.owned_tasks()
+        self._rng = random.Random()
+
+    def email(self, alias: str | None) -> str | None:
+        return self._pipeline.accounts[alias].email if alias is not None else None
+
+    # ---- re-attaching on resume -------------------------------------------------------
+
+    async def reattach(self, step: Step, result: StepResult,
+                       key: str) -> tuple[str | None, Task | None]:
+        """The task an earlier POST of this step may have created, with its slot."""
+        sub = self._resume.submission(step.id)
+        if sub is None:
+            return None, None
+        task_id = None
+        if sub.key == key:
+            result.attempts = self._resume.attempts(step.id)
+            task_id = sub.task_id or await self.recover(step, sub.reply_ref, sub.email,
+                                                        sub.at_ms)
+        if task_id is None:
+            self._resume.give_back(step.id)
+            return None, None
+        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref)
+        task = await self._collector.get_task(step, task_id, sub.email)
+        self._resume.adopt(step.id)
+        return sub.account, task
+
+    # ---- submitting -------------------------------------------------------------------
+
+    async def submit(self, step: Step, result: StepResult, key: str) -> tuple[str | None, Task]:
+        """POST until a task exists, never paying twice; returns with a slot held.
+
+        `step.retries` bounds the POSTs that surely created nothing after an
+        error; 429s are waited out separately (within max_rate_limit_wait).
+        """
+        rate_limited_since: float | None = None
+        lost = 0
+        while True:
+            alias = await self._acquire(step)
+            try:
+                outcome = await self._post(step, result, key, alias)
+            except RateLimitedError as busy:
+                self._slots.release(alias)
+                rate_limited_since = rate_limited_since or anyio.current_time()
+                await self._wait_rate_limit(step, busy, rate_limited_since)
+                continue
+            except BaseException:
+                self._slots.release(alias)
+                raise
+            if isinstance(outcome, Task):
+                return alias, outcome
+            self._slots.release(alias)
+            lost += 1
+            if lost > step.retries:
+                raise StepFailed(outcome.category,
+                                 f"gave up after {result.attempts} attempts: {outcome}")
+
+    async def _acquire(self, step: Step) -> str | None:
+        """A slot for a new submission, unless the run stops meanwhile."""
+        if self._stopping():
+            raise NotSubmitted
+        alias = await self._slots.acquire(step.account, any_account=step.account is None,
+                                          urgency=self._urgency[step.id])
+        if self._stopping():
+            self._slots.release(alias)
+            raise NotSubmitted
+        return alias
+
+    async def _post(self, step: Step, result: StepResult, key: str,
+                    alias: str | None) -> Task | ApiError:
+        """One POST with its journal lines; the error when it surely created no task."""
+        email = self.email(alias)
+        body = await self._uploads.body(step, email)
+        reply_ref = uuid.uuid4().hex
+        at_ms = int(time.time() * 1000)
+        result.attempts += 1
+        self._journal.write({"event": "submitting", "step": step.id, "key": key,
+                             "reply_ref": reply_ref, "account": alias, "email": email,
+                             "at_ms": at_ms})
+        try:
+            task = await self._client.submit(endpoint_of(step), {**body, "replyRef": reply_ref})
+        except (ServerError, TransportError) as unknown:
+            task_id = await self.recover(step, reply_ref, email, at_ms, body)
+            if task_id is None:
+                return unknown
+            task = await self._collector.get_task(step, task_id, email)
+        except RateLimitedError:
+            raise  # nothing was created: submit() waits and sends it again
+        except ApiError as exc:
+            raise step_failure(exc) from exc
+        self._attach(step, result, task.id, alias, email, reply_ref)
+        return task
+
+    def _attach(self, step: Step, result: StepResult, task_id: int, alias: str | None,
+                email: str | None, reply_ref: str) -> None:
+        self._claimed.add(task_id)
+        result.task_id, result.account = task_id, alias
+        result.submitted_at = result.submitted_at or time.time()
+        self._journal.write({"event": "submitted", "step": step.id, "task_id": task_id,
+                             "account": alias, "email": email, "reply_ref": reply_ref})
+        self._on_event(Event(step.id, "submitted", f"task {task_id}"))
+
+    async def _wait_rate_limit(self, step: Step, busy: RateLimitedError, since: float) -> None:
+        waited = anyio.current_time() - since
+        if waited > self._max_rate_limit_wait:
+            raise StepFailed("rate_limited", f"every eligible account stayed busy for "
+                             f"{waited:.0f} s: {busy}")
+        delay = busy.retry_after if busy.retry_after is not None else self._backoff(waited)
+        self._on_event(Event(step.id, "waiting",
+                             f"account busy (429); retrying in {delay:.1f} s"))
+        await anyio.sleep(delay)
+
+    def _backoff(self, waited: float) -> float:
+        base = max(self._interval, 0.05)
+        return self._rng.uniform(base, base * 2 + min(waited, 10 * base) / 2)
+
+    # ---- recovering a POST whose outcome is unknown -------------------------------------
+
+    async def recover(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
+                      body: Mapping[str, Any] | None = None) -> int | None:
+        """The task a POST created, or None when it surely created none.
+
+        Looks for its replyRef in GET scheduler, then for a matching task in GET
+        tasks. Until those answer, nothing is known, so it keeps asking (within
+        the step's timeout) rather than risk paying twice.
+        """
+        try:
+            return await self._patience(
+                step.timeout, lambda: self._find_created(step, reply_ref, email, at_ms, body))
+        except ApiError as exc:
+            if not exc.retryable:
+                raise step_failure(exc) from exc
+            raise StepFailed("recovery", "could not tell whether a task was created "
+                             f"(resume to try again): {exc}", unresolved=True) from exc
+
+    async def _find_created(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
+                            body: Mapping[str, Any] | None) -> int | None:
+        for entry in await self._client.scheduler():
+            if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
+                return entry.task_id
+        if body is None:
+            body = await self._uploads.body(step, email)
+        since = at_ms - RECOVERY_WINDOW_MS
+        for task in await self._client.list_tasks(email=email, created_after_ms=since):
+            if task.id not in self._claimed and matches(task, body):
+                return task.id
+        return None
+
+
+def matches(task: Task, body: Mapping[str, Any]) -> bool:
+    """Whether a task from GET tasks is the one `body` asked for (no replyRef there)."""
+    wanted_urls = {str(body[k]) for k in ("image", "image_tail") if body.get(k)}
+    if not wanted_urls <= set(task.input_urls):
+        return False
+    for field_name, argument in (("prompt", "prompt"), ("effect", "special_effect")):
+        if body.get(field_name) and task.arguments.get(argument) != body[field_name]:
+            return False
+    return True
