@@ -7,23 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from klingflow import __version__
 from klingflow.errors import (
     EXIT_BUG,
-    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
-    EXIT_STEP_FAILED,
     KlingflowError,
     PipelineError,
 )
 from klingflow.schema_files import SCHEMA_NAMES
+from klingflow.settings import RunFlags, Settings, SimOptions
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -57,7 +54,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from klingflow.runner import plan_with_verdicts
     from klingflow.spec import load_pipeline
 
-    plan = plan_with_verdicts(load_pipeline(Path(args.pipeline)), sim=args.sim,
+    plan = plan_with_verdicts(load_pipeline(Path(args.pipeline)), _settings(args),
                               force=args.force, force_all=args.force_all)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
@@ -67,39 +64,50 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from klingflow.plan import build_plan
+    from klingflow.progress import make_progress
     from klingflow.runner import run_pipeline
+    from klingflow.spec import load_pipeline
 
-    report = run_pipeline(args)
+    plan = build_plan(load_pipeline(Path(args.pipeline)))
+    settings = _settings(args)
+    progress = make_progress([s.id for s in plan.steps])
+    try:
+        report = run_pipeline(plan, settings, on_event=progress)
+    finally:
+        progress.close()
+    document = report.to_json()
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(document, indent=2))
     else:
         from klingflow.report import format_report
 
-        print(format_report(report))
-    return _run_exit_code(report)
-
-
-def _run_exit_code(report: dict[str, Any]) -> int:
-    status = report["status"]
-    if status == "succeeded":
-        return EXIT_OK
-    if status == "interrupted":
+        print(format_report(document))
+    if report.status == "interrupted":
         print("klingflow: interrupted; continue with --resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if status == "aborted":
-        print(f"klingflow: run stopped: {report['error']}", file=sys.stderr)
-        return EXIT_INVALID
-    return EXIT_STEP_FAILED
+    elif report.status == "aborted":
+        print(f"klingflow: run stopped: {report.error}", file=sys.stderr)
+    return report.exit_code
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from klingflow.runner import backend_name, rebuild_lock
+    from klingflow.runner import rebuild_lock
 
-    backend = "sim" if args.sim else backend_name(
-        os.environ.get("KLINGFLOW_API_BASE", "https://api.useapi.net/v1/kling"))
-    path, locked, total = rebuild_lock(Path(args.pipeline), backend)
-    print(f"{path}: {locked} of {total} steps locked from the cache ({backend})")
+    settings = _settings(args)
+    path, locked, total = rebuild_lock(Path(args.pipeline), settings)
+    print(f"{path}: {locked} of {total} steps locked from the cache ({settings.backend})")
     return EXIT_OK
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of this command, from its arguments and the environment."""
+    sim = SimOptions(seed=getattr(args, "sim_seed", 0), faults=getattr(args, "sim_faults", ""),
+                     speed=getattr(args, "sim_speed", 1.0)) if args.sim else None
+    run = RunFlags(out=Path(args.out), max_jobs=args.max_jobs,
+                   poll_interval=args.poll_interval, fail_fast=args.fail_fast,
+                   budget=args.budget, force=tuple(args.force), force_all=args.force_all,
+                   resume=args.resume) if args.command == "run" else RunFlags()
+    return Settings.from_environment(sim=sim, run=run)
 
 
 def _cmd_sim_serve(args: argparse.Namespace) -> int:

@@ -96,6 +96,7 @@ class Plan:
     name: str
     path: str
     description: str
+    pipeline: Pipeline = field(compare=False, repr=False)  # what the plan was made of
     max_jobs: int | None
     budget: int | None
     steps: tuple[PlannedStep, ...]
@@ -307,6 +308,7 @@ def build_plan(pipeline: Pipeline) -> Plan:
         raise PipelineError(problems)
     return Plan(
         name=pipeline.name, path=str(pipeline.path), description=pipeline.description,
+        pipeline=pipeline,
         max_jobs=pipeline.max_jobs, budget=pipeline.budget, steps=steps,
         outputs={o.name: o.concat for o in pipeline.outputs.values()},
         accounts=_account_totals(pipeline, steps), credits=known,

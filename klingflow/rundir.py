@@ -6,6 +6,9 @@ import os
 import time
 from pathlib import Path
 
+from klingflow.errors import UsageError
+from klingflow.journal import Journal, JournalState
+
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 100000:05d}"
@@ -16,3 +19,26 @@ def latest_run_dir(runs_root: Path, pipeline_name: str) -> Path | None:
     candidates = sorted(p for p in base.glob("*") if (p / "journal.jsonl").exists()) \
         if base.is_dir() else []
     return candidates[-1] if candidates else None
+
+
+def open_run_dir(runs_root: Path, pipeline_name: str,
+                 resume: str | None) -> tuple[Path, JournalState]:
+    """A new run directory, or with `resume` the one to continue and what its journal says.
+
+    `resume` is "latest" or a run directory. "latest" with no earlier run starts a new
+    one: a run without a journal never sent a POST (the journal line comes first), so
+    nothing can be lost.
+    """
+    if resume == "latest":
+        latest = latest_run_dir(runs_root, pipeline_name)
+        if latest is not None:
+            return latest, Journal.replay(latest / "journal.jsonl")
+    elif resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "journal.jsonl").exists():
+            raise UsageError(f"--resume {resume}: no run journal there "
+                             "(expected RUN_DIR/journal.jsonl)")
+        return run_dir, Journal.replay(run_dir / "journal.jsonl")
+    run_dir = runs_root / pipeline_name / new_run_id()
+    run_dir.mkdir(parents=True)
+    return run_dir, JournalState()

@@ -1,163 +1,135 @@
-"""Running a pipeline: wire it to a backend, execute it, write the report.
+"""Running a plan: wire it to a backend, execute it, write the report and the lock.
 
-The backend is the real service (`USEAPI_TOKEN`, `KLINGFLOW_API_BASE`) or, with
-`--sim`, the embedded simulator started on a free 127.0.0.1 port.
+`run(plan, settings, http=..., cache=...)` is the core, callable by any program.
+`run_pipeline(plan, settings)` adds what a command needs around it: the backend
+(the real service, or with `settings.sim` the embedded simulator started on a free
+127.0.0.1 port), an HTTP client and the cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
 import signal
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 
-from klingflow.cache import Cache, default_cache_root
-from klingflow.client import DEFAULT_API_BASE, KlingClient
+from klingflow.cache import Cache
+from klingflow.client import KlingClient
 from klingflow.errors import UsageError
-from klingflow.journal import Journal, JournalState
+from klingflow.journal import Journal
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.plan import Plan, build_plan, with_verdicts
-from klingflow.progress import make_progress
-from klingflow.report import RunInfo, build_report, write_report
-from klingflow.run import Executor, RunOptions, StepResult
-from klingflow.rundir import latest_run_dir, new_run_id
+from klingflow.report import RunReport, RunStatus, write_report
+from klingflow.run import Event, Executor, RunOptions, StepResult
+from klingflow.rundir import open_run_dir
+from klingflow.settings import Settings
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
 from klingflow.verdicts import verdicts
 
-SIM_POLL_INTERVAL = 0.2
-REAL_POLL_INTERVAL = 15.0
 NO_TOKEN = ("no API token: set USEAPI_TOKEN to your useapi.net token to spend real credits, "
             "or add --sim to run on the embedded simulator")
+SIM_TOKEN = "sim-token"  # the simulator's own: no secret on it (the real token is never used)
+
+OnEvent = Callable[[Event], None]
 
 
-@dataclass(frozen=True, slots=True)
-class Backend:
-    name: str  # what cache keys call it: "sim", "useapi" or "api:BASE_URL"
-    base_url: str
-    token: str
-
-
-def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
-    """Load, plan and run the pipeline `args` name; the report (also in the run directory)."""
-    pipeline = load_pipeline(Path(args.pipeline))
-    plan = build_plan(pipeline)
-    if not args.sim and not os.environ.get("USEAPI_TOKEN"):
+def run_pipeline(plan: Plan, settings: Settings, *,
+                 on_event: OnEvent = lambda event: None) -> RunReport:
+    """Run `plan` on the backend `settings` name; the report (also in the run directory)."""
+    if settings.sim is None and not settings.token:
         raise UsageError(NO_TOKEN)
-    options = _options(args, pipeline)
-    run_dir, prior = _run_directory(args, pipeline)
-    with _backend(args, pipeline) as backend:
-        return anyio.run(_run, pipeline, plan, backend, run_dir, prior,
-                         replace(options, backend=backend.name))
+    with _backend(settings, plan.pipeline) as settings:
+        return anyio.run(_run_with_client, plan, settings, on_event)
 
 
-def _options(args: argparse.Namespace, pipeline: Pipeline) -> RunOptions:
-    forced = {s.id for s in pipeline.steps} if args.force_all else _with_dependents(
-        pipeline, set(args.force))
-    interval = args.poll_interval or (SIM_POLL_INTERVAL if args.sim else REAL_POLL_INTERVAL)
-    return RunOptions(max_jobs=args.max_jobs, poll_interval=interval, fail_fast=args.fail_fast,
-                      budget=args.budget, force=frozenset(forced))
+async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) -> RunReport:
+    async with httpx.AsyncClient() as http:
+        cache = Cache(settings.cache_root(plan.pipeline.path))
+        return await run(plan, settings, http=http, cache=cache, on_event=on_event)
 
 
-def _with_dependents(pipeline: Pipeline, forced: set[str]) -> set[str]:
+async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache: Cache,
+              on_event: OnEvent = lambda event: None) -> RunReport:
+    """Run `plan` into a new run directory (or the one `settings.run.resume` names)."""
+    pipeline = plan.pipeline
+    run_dir, prior = open_run_dir(settings.run.out, pipeline.name, settings.run.resume)
+    journal = Journal(run_dir / "journal.jsonl")
+    journal.write({"event": "run", "pipeline": pipeline.name, "backend": settings.backend})
+    started = time.time()
+    executor = Executor(
+        pipeline=pipeline, plan=plan,
+        client=KlingClient(http, token=settings.token or "", base_url=settings.base_url),
+        run_dir=run_dir, journal=journal, cache=cache, options=_options(settings, pipeline),
+        prior=prior, on_event=on_event)
+    try:
+        interrupted = await _run_until_interrupted(executor)
+    finally:
+        journal.close()
+    status, error = _run_status(executor, interrupted)
+    report = RunReport(pipeline=pipeline, run_id=run_dir.name, run_dir=run_dir,
+                       backend=settings.backend, status=status, error=error,
+                       started_at=started, finished_at=time.time(), results=executor.results)
+    write_report(report.to_json(), run_dir)
+    _update_lock(plan, settings.backend, cache, executor.results)
+    return report
+
+
+def _options(settings: Settings, pipeline: Pipeline) -> RunOptions:
+    flags = settings.run
+    return RunOptions(max_jobs=flags.max_jobs, poll_interval=settings.poll_interval,
+                      fail_fast=flags.fail_fast, budget=flags.budget,
+                      force=frozenset(forced_steps(pipeline, flags.force, flags.force_all)),
+                      backend=settings.backend)
+
+
+def forced_steps(pipeline: Pipeline, force: tuple[str, ...] | list[str],
+                 force_all: bool) -> set[str]:
+    """The steps `--force` names (a matrix step's id names all its expansions) and every
+    step after them; all steps with `--force-all`."""
+    if force_all:
+        return {s.id for s in pipeline.steps}
     known = {s.id for s in pipeline.steps} | {s.base_id for s in pipeline.steps}
-    unknown = sorted(forced - known)
+    unknown = sorted(set(force) - known)
     if unknown:
         raise UsageError(f"--force {unknown[0]}: no such step in {pipeline.path}")
-    forced = {s.id for s in pipeline.steps if s.id in forced or s.base_id in forced}
+    forced = {s.id for s in pipeline.steps if s.id in force or s.base_id in force}
     for step in pipeline.steps:  # file order is a topological order for references
         if forced & set(step.needs):
             forced.add(step.id)
     return forced
 
 
-def _run_directory(args: argparse.Namespace, pipeline: Pipeline) -> tuple[Path, JournalState]:
-    """A new run directory, or with --resume the one to continue and what its journal says.
-
-    `--resume` with no earlier run starts a new one: a run without a journal
-    never sent a POST (the journal line comes first), so nothing can be lost.
-    """
-    root = Path(args.out)
-    if args.resume == "latest":
-        latest = latest_run_dir(root, pipeline.name)
-        if latest is not None:
-            return latest, Journal.replay(latest / "journal.jsonl")
-    elif args.resume is not None:
-        run_dir = Path(args.resume)
-        if not (run_dir / "journal.jsonl").exists():
-            raise UsageError(f"--resume {args.resume}: no run journal there "
-                             "(expected RUN_DIR/journal.jsonl)")
-        return run_dir, Journal.replay(run_dir / "journal.jsonl")
-    run_dir = root / pipeline.name / new_run_id()
-    run_dir.mkdir(parents=True)
-    return run_dir, JournalState()
-
-
-def backend_name(base_url: str) -> str:
-    """What cache keys call a backend: results of one never serve another."""
-    return "useapi" if base_url.rstrip("/") == DEFAULT_API_BASE else f"api:{base_url.rstrip('/')}"
-
-
 @contextlib.contextmanager
-def _backend(args: argparse.Namespace, pipeline: Pipeline) -> Iterator[Backend]:
-    if not args.sim:
-        base = os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE)
-        yield Backend(backend_name(base), base, os.environ["USEAPI_TOKEN"])
+def _backend(settings: Settings, pipeline: Pipeline) -> Iterator[Settings]:
+    """`settings` pointing at a live backend: as they are, or at a simulator started here."""
+    if settings.sim is None:
+        yield settings
         return
     from klingflow.sim import SimConfig, running_simulator
     from klingflow.sim.config import DEFAULT_ACCOUNT, Faults
 
     # The simulated service keeps its state in the pipeline's cache root, so a resumed
-    # run finds the tasks of a killed one and concurrent runs share one service. Its
-    # token is fixed: no secret on the simulator (the real token is never written).
-    token = "sim-token"
+    # run finds the tasks of a killed one and concurrent runs share one service.
     accounts = [(a.email, a.max_jobs) for a in pipeline.accounts.values()]
-    config = SimConfig(token=token, seed=args.sim_seed,
-                       faults=Faults.parse(args.sim_faults), speed=args.sim_speed,
+    config = SimConfig(token=SIM_TOKEN, seed=settings.sim.seed,
+                       faults=Faults.parse(settings.sim.faults), speed=settings.sim.speed,
                        accept_urls={i.url for i in pipeline.inputs.values() if i.url},
-                       state_dir=default_cache_root(pipeline.path) / "sim",
+                       state_dir=settings.cache_root(pipeline.path) / "sim",
                        accounts=accounts or [DEFAULT_ACCOUNT])
     with running_simulator(config) as base_url:
-        yield Backend("sim", base_url, token)
+        yield replace(settings, base_url=base_url, token=SIM_TOKEN)
 
 
-async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
-               prior: JournalState, options: RunOptions) -> dict[str, Any]:
-    journal = Journal(run_dir / "journal.jsonl")
-    journal.write({"event": "run", "pipeline": pipeline.name, "backend": backend.name})
-    progress = make_progress([s.id for s in plan.steps])
-    started = time.time()
-    async with httpx.AsyncClient() as http:
-        cache = Cache(default_cache_root(pipeline.path))
-        executor = Executor(
-            pipeline=pipeline, plan=plan,
-            client=KlingClient(http, token=backend.token, base_url=backend.base_url),
-            run_dir=run_dir, journal=journal, cache=cache,
-            options=options, prior=prior, on_event=progress)
-        interrupted = await _run_until_interrupted(executor)
-    progress.close()
-    journal.close()
-    status, error = _run_status(executor, interrupted)
-    info = RunInfo(run_id=run_dir.name, run_dir=run_dir, backend=backend.name, status=status,
-                   error=error, started_at=started, finished_at=time.time())
-    report = build_report(pipeline, executor.results, info)
-    write_report(report, run_dir)
-    _update_lock(pipeline, plan, backend.name, cache, executor.results)
-    return report
-
-
-def _update_lock(pipeline: Pipeline, plan: Plan, backend: str, cache: Cache,
+def _update_lock(plan: Plan, backend: str, cache: Cache,
                  results: Mapping[str, StepResult]) -> None:
     """Record what each finished step produced; keep the old entry of a step that did not."""
-    path = lock_path(pipeline.path)
+    path = lock_path(plan.pipeline.path)
     previous = read_lock(path)
     entries = dict(previous.steps) if previous.backend == backend else {}
     for result in results.values():
@@ -166,7 +138,7 @@ def _update_lock(pipeline: Pipeline, plan: Plan, backend: str, cache: Cache,
             entries[result.step_id] = entry_for(
                 plan, result.step_id, key=entry.key, task_id=entry.task_id,
                 account=entry.account, credits=entry.credits, outputs=entry.outputs)
-    write_lock(path, name=pipeline.name, backend=backend, plan=plan, entries=entries)
+    write_lock(path, name=plan.pipeline.name, backend=backend, plan=plan, entries=entries)
 
 
 async def _run_until_interrupted(executor: Executor) -> bool:
@@ -189,42 +161,40 @@ async def _run_until_interrupted(executor: Executor) -> bool:
     return interrupted
 
 
-def _run_status(executor: Executor, interrupted: bool) -> tuple[str, str | None]:
+def _run_status(executor: Executor, interrupted: bool) -> tuple[RunStatus, str | None]:
     if executor.aborted is not None:
-        return "aborted", str(executor.aborted)
+        return RunStatus.ABORTED, str(executor.aborted)
     if interrupted:
-        return "interrupted", "interrupted by the user; continue with --resume"
+        return RunStatus.INTERRUPTED, "interrupted by the user; continue with --resume"
     ok = all(r.status.done for r in executor.results.values())
-    return ("succeeded", None) if ok else ("failed", None)
+    return (RunStatus.SUCCEEDED, None) if ok else (RunStatus.FAILED, None)
 
 
-def rebuild_lock(pipeline_path: Path, backend: str) -> tuple[Path, int, int]:
+def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, int]:
     """Write the lock again from the cache alone; (lock path, steps locked, steps in all)."""
     pipeline = load_pipeline(pipeline_path)
     plan = build_plan(pipeline)
-    found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
-                     Cache(default_cache_root(pipeline.path)), backend, locked_keys={})
+    found = verdicts(pipeline, [s.step for s in plan.steps],
+                     Cache(settings.cache_root(pipeline.path)), settings.backend,
+                     locked_keys={})
     entries = {sid: entry_for(plan, sid, key=v.entry.key, task_id=v.entry.task_id,
                               account=v.entry.account, credits=v.entry.credits,
                               outputs=v.entry.outputs)
                for sid, v in found.items() if v.entry is not None}
     path = lock_path(pipeline.path)
-    write_lock(path, name=pipeline.name, backend=backend, plan=plan, entries=entries)
+    write_lock(path, name=pipeline.name, backend=settings.backend, plan=plan, entries=entries)
     return path, len(entries), len(plan.steps)
 
 
-def plan_with_verdicts(pipeline: Pipeline, *, sim: bool, force: list[str],
+def plan_with_verdicts(pipeline: Pipeline, settings: Settings, *, force: list[str],
                        force_all: bool) -> Plan:
     """The dry run, each step marked cached or will run (and why), from the local
     cache and lock only: no network. The backend is the lock's, else --sim's."""
     plan = build_plan(pipeline)
     lock = read_lock(lock_path(pipeline.path))
-    backend = "sim" if sim else lock.backend or backend_name(
-        os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE))
-    forced = {s.id for s in pipeline.steps} if force_all else _with_dependents(
-        pipeline, set(force))
-    found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
-                     Cache(default_cache_root(pipeline.path)), backend,
+    backend = settings.backend if settings.sim is not None else lock.backend or settings.backend
+    found = verdicts(pipeline, [s.step for s in plan.steps],
+                     Cache(settings.cache_root(pipeline.path)), backend,
                      locked_keys={sid: e.key for sid, e in lock.steps.items()},
-                     forced=frozenset(forced))
+                     forced=frozenset(forced_steps(pipeline, force, force_all)))
     return with_verdicts(plan, pipeline, {sid: (v.verdict, v.reason) for sid, v in found.items()})

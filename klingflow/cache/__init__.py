@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from klingflow.cache.local import CACHE_DIR_NAME, Cache, CacheEntry, Claim, default_cache_root
+from klingflow.cache.local import CACHE_DIR_NAME, Cache, CacheEntry, Claim
 
-__all__ = ["CACHE_DIR_NAME", "Cache", "CacheEntry", "Claim", "default_cache_root"]
+__all__ = ["CACHE_DIR_NAME", "Cache", "CacheEntry", "Claim"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -101,8 +100,3 @@ class Claim:
     def release(self) -> None:
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
-
-
-def default_cache_root(pipeline_path: Path) -> Path:
-    home = os.environ.get("KLINGFLOW_HOME")
-    return Path(home) if home else pipeline_path.resolve().parent / CACHE_DIR_NAME

@@ -9,28 +9,17 @@ import datetime as dt
 import json
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from klingflow.files import write_atomically
+from klingflow.report.model import RunReport
 from klingflow.run import StepResult, StepStatus
 from klingflow.schema_files import load_schema
-from klingflow.spec.pipeline import Pipeline
 
 REPORT_FORMAT = 1
-
-
-@dataclass(frozen=True, slots=True)
-class RunInfo:
-    run_id: str
-    run_dir: Path
-    backend: str
-    status: str  # succeeded | failed | interrupted | aborted
-    error: str | None
-    started_at: float
-    finished_at: float
 
 
 def _iso(moment: float | None) -> str | None:
@@ -43,7 +32,7 @@ def _step_json(result: StepResult, run_dir: Path) -> dict[str, Any]:
     outputs = {attr: {"path": str(out.path.relative_to(run_dir)), "sha256": out.sha256}
                for attr, out in result.outputs.items()}  # every output is in the run dir
     return {
-        "id": result.step_id, "status": result.status, "task_id": result.task_id,
+        "id": result.step_id, "status": str(result.status), "task_id": result.task_id,
         "account": result.account, "attempts": result.attempts,
         "error_category": result.error_category, "error": result.error,
         "queued_at": _iso(result.queued_at), "submitted_at": _iso(result.submitted_at),
@@ -67,29 +56,27 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
     }
 
 
-def build_report(pipeline: Pipeline, results: Mapping[str, StepResult],
-                 info: RunInfo) -> dict[str, Any]:
+def report_document(report: RunReport) -> dict[str, Any]:
     """The report document; valid against `schemas/report.schema.json`."""
+    results = report.results
     done = {sid for sid, r in results.items() if r.status.done}
-    report = {
+    document = {
         "format": REPORT_FORMAT,
-        "pipeline": {"name": pipeline.name, "path": str(pipeline.path)},
-        "run_id": info.run_id, "run_dir": str(info.run_dir), "backend": info.backend,
-        "status": info.status, "error": info.error,
-        "started_at": _iso(info.started_at), "finished_at": _iso(info.finished_at),
-        "steps": [_step_json(r, info.run_dir) for r in results.values()],
+        "pipeline": {"name": report.pipeline.name, "path": str(report.pipeline.path)},
+        "run_id": report.run_id, "run_dir": str(report.run_dir), "backend": report.backend,
+        "status": str(report.status), "error": report.error,
+        "started_at": _iso(report.started_at), "finished_at": _iso(report.finished_at),
+        "steps": [_step_json(r, report.run_dir) for r in results.values()],
         "outputs": {o.name: {"concat": list(o.concat),
                              "status": "ready" if set(o.concat) <= done else "incomplete"}
-                    for o in pipeline.outputs.values()},
+                    for o in report.pipeline.outputs.values()},
         "totals": _totals(results),
     }
-    jsonschema.validate(report, load_schema("report"))
-    return report
+    jsonschema.validate(document, load_schema("report"))
+    return document
 
 
-def write_report(report: Mapping[str, Any], run_dir: Path) -> Path:
+def write_report(document: Mapping[str, Any], run_dir: Path) -> Path:
     path = run_dir / "report.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_atomically(path, json.dumps(document, indent=2) + "\n")
     return path

@@ -1,0 +1,85 @@
+"""One frozen settings object, built once from the command line and the environment.
+
+Nothing below `cli.py` reads `argparse` or `os.environ`: the token, the API's base
+URL, the cache's home and the run's options all arrive here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from klingflow.cache import CACHE_DIR_NAME
+
+DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
+SIM_POLL_INTERVAL = 0.2
+REAL_POLL_INTERVAL = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """The embedded simulator's options (`--sim`)."""
+
+    seed: int = 0
+    faults: str = ""  # KIND=RATE,...
+    speed: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RunFlags:
+    """How one `klingflow run` goes; every field has the CLI's default."""
+
+    out: Path = Path("runs")
+    max_jobs: int | None = None
+    poll_interval: float | None = None  # None: 15 s, or 0.2 s on the simulator
+    fail_fast: bool = False
+    budget: int | None = None
+    force: tuple[str, ...] = ()
+    force_all: bool = False
+    resume: str | None = None  # "latest", a run directory, or None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where klingflow talks to and keeps things, and how a run goes."""
+
+    token: str | None = field(default=None, repr=False)  # USEAPI_TOKEN; never printed
+    base_url: str = DEFAULT_API_BASE  # KLINGFLOW_API_BASE
+    home: Path | None = None  # KLINGFLOW_HOME: the cache root for every pipeline
+    sim: SimOptions | None = None  # run on the embedded simulator
+    run: RunFlags = field(default_factory=RunFlags)
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None, *,
+                         sim: SimOptions | None = None,
+                         run: RunFlags | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = env.get("KLINGFLOW_HOME")
+        return cls(token=env.get("USEAPI_TOKEN") or None,
+                   base_url=env.get("KLINGFLOW_API_BASE") or DEFAULT_API_BASE,
+                   home=Path(home) if home else None, sim=sim, run=run or RunFlags())
+
+    @property
+    def backend(self) -> str:
+        """What cache keys call the backend: results of one never serve another."""
+        if self.sim is not None:
+            return "sim"
+        return backend_name(self.base_url)
+
+    @property
+    def poll_interval(self) -> float:
+        if self.run.poll_interval:
+            return self.run.poll_interval
+        return SIM_POLL_INTERVAL if self.sim is not None else REAL_POLL_INTERVAL
+
+    def cache_root(self, pipeline_path: Path) -> Path:
+        """KLINGFLOW_HOME, else `.klingflow/` beside the pipeline."""
+        return self.home if self.home else pipeline_path.resolve().parent / CACHE_DIR_NAME
+
+
+def backend_name(base_url: str) -> str:
+    """`useapi` for the real service, else `api:BASE_URL`."""
+    base = base_url.rstrip("/")
+    return "useapi" if base == DEFAULT_API_BASE else f"api:{base}"
