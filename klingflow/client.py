@@ -32,13 +32,11 @@ from klingflow.errors import (
     TransportError,
     UnauthorizedError,
 )
+from klingflow.kinds import EFFECT, FRAMES
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
-
-FRAMES_ENDPOINT = "videos/image2video-frames"
-EFFECTS_ENDPOINT = "videos/image2video-effects"
 
 # Kling answers moderation with HTTP 500; only the `error` text tells it apart.
 _MODERATION = re.compile(r"community guidelines|CM_EXT\.|moderation|sensitive|violat", re.I)
@@ -197,10 +195,10 @@ class KlingClient:
         return parse_task(response.json())
 
     async def submit_frames(self, body: Mapping[str, Any]) -> Task:
-        return await self.submit(FRAMES_ENDPOINT, body)
+        return await self.submit(FRAMES.endpoint, body)
 
     async def submit_effect(self, body: Mapping[str, Any]) -> Task:
-        return await self.submit(EFFECTS_ENDPOINT, body)
+        return await self.submit(EFFECT.endpoint, body)
 
     # ---- reads (retried on transient errors) ------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from klingflow.errors import PipelineError, Problem
+from klingflow.kinds import EFFECT, kind_of
 from klingflow.models import (
     AUDIO_ALWAYS,
     AUDIO_DEFAULT_ON,
@@ -33,19 +34,6 @@ from klingflow.spec.pipeline import Pipeline, Ref, Step, Template, Value
 PLAN_FORMAT = 1
 CACHED = "cached"
 REPLY_REF_PLACEHOLDER = "<unique per submit>"
-
-ENDPOINTS: dict[str, str] = {
-    "frames": "videos/image2video-frames",
-    "effect": "videos/image2video-effects",
-}
-"""Step kind -> the endpoint path it POSTs to, relative to the API's base URL."""
-
-BODY_FIELDS: dict[str, tuple[str, ...]] = {
-    "frames": ("image", "image_tail", "prompt", "negative_prompt", "cfg_scale",
-               "duration", "model_name", "mode", "enable_audio"),
-    "effect": ("effect", "image", "prompt", "mode"),
-}
-"""Step kind -> the API fields its body may carry (besides `email`), in the docs' order."""
 
 PriceSource = Literal["table", "pipeline", "unknown"]
 Resolve = Callable[[Ref], str]
@@ -128,7 +116,7 @@ class Plan:
 
 def endpoint_of(step: Step) -> str:
     """The endpoint path a step POSTs to, e.g. `videos/image2video-frames`."""
-    return ENDPOINTS[step.kind]
+    return kind_of(step.kind).endpoint
 
 
 def request_body(step: Step, pipeline: Pipeline, resolve: Resolve, *,
@@ -141,7 +129,7 @@ def request_body(step: Step, pipeline: Pipeline, resolve: Resolve, *,
     """
     body: dict[str, object] = {} if email is None else {"email": email}
     decided = _decided_fields(step)
-    for name in BODY_FIELDS[step.kind]:
+    for name in kind_of(step.kind).fields:
         value = decided[name] if name in decided else step.params.get(name)
         if value is not None:
             body[name] = value.render(resolve) if isinstance(value, Template) else value
@@ -150,7 +138,7 @@ def request_body(step: Step, pipeline: Pipeline, resolve: Resolve, *,
 
 def _decided_fields(step: Step) -> dict[str, Value | None]:
     """Fields whose sent value the rules decide, not the user's text; None = not sent."""
-    if step.kind != "frames":
+    if step.kind == EFFECT.name:
         return {"mode": _effect_mode(step)}
     model = str(step.params.get("model_name") or DEFAULT_MODEL)
     rules = MODELS.get(model)
@@ -203,11 +191,11 @@ def _frames_audio(rules: ModelRules | None, step: Step, mode: str) -> bool:
 
 def _price_key(step: Step) -> PriceKey:
     """What the step's price depends on: model (or `effect:NAME`), mode, duration, audio."""
-    if step.kind == "effect":
+    model = kind_of(step.kind).price_model(step.params)
+    if step.kind == EFFECT.name:
         effect = EFFECTS.get(_effect_name(step))
         duration = effect.duration if effect else DEFAULT_DURATION
-        return PriceKey(f"effect:{_effect_name(step)}", _effect_mode(step), duration)
-    model = str(step.params.get("model_name") or DEFAULT_MODEL)
+        return PriceKey(model, _effect_mode(step), duration)
     rules = MODELS.get(model)
     if rules is None:
         mode = str(step.params.get("mode") or DEFAULT_MODE)

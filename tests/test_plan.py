@@ -9,9 +9,9 @@ import jsonschema
 import pytest
 
 from klingflow.errors import PipelineError
+from klingflow.kinds import KINDS
 from klingflow.models import PRICES, PriceKey
 from klingflow.plan import (
-    ENDPOINTS,
     Plan,
     budget_problems,
     build_plan,
@@ -142,8 +142,8 @@ def test_pro_only_effect_defaults_to_pro() -> None:
 
 
 def test_endpoints_are_data() -> None:
-    assert ENDPOINTS == {"frames": "videos/image2video-frames",
-                         "effect": "videos/image2video-effects"}
+    assert {k.name: k.endpoint for k in KINDS.values()} == {
+        "frames": "videos/image2video-frames", "effect": "videos/image2video-effects"}
     assert endpoint_of(step("fx", "effect", effect="rocket")) == "videos/image2video-effects"
 
 

@@ -20,6 +20,7 @@ import anyio
 from klingflow.client import KlingClient, Task
 from klingflow.errors import ApiError, RateLimitedError, ServerError, TransportError
 from klingflow.journal import Journal
+from klingflow.kinds import StepKind, kind_of
 from klingflow.plan import endpoint_of
 from klingflow.run.collection import Collector
 from klingflow.run.results import Event, NotSubmitted, StepFailed, StepResult, step_failure
@@ -197,17 +198,17 @@ class Submitter:
             body = await self._uploads.body(step, email)
         since = at_ms - RECOVERY_WINDOW_MS
         for task in await self._client.list_tasks(email=email, created_after_ms=since):
-            if task.id not in self._claimed and matches(task, body):
+            if task.id not in self._claimed and matches(task, body, kind_of(step.kind)):
                 return task.id
         return None
 
 
-def matches(task: Task, body: Mapping[str, Any]) -> bool:
+def matches(task: Task, body: Mapping[str, Any], kind: StepKind) -> bool:
     """Whether a task from GET tasks is the one `body` asked for (no replyRef there)."""
     wanted_urls = {str(body[k]) for k in ("image", "image_tail") if body.get(k)}
     if not wanted_urls <= set(task.input_urls):
         return False
-    for field_name, argument in (("prompt", "prompt"), ("effect", "special_effect")):
+    for field_name, argument in kind.matches:
         if body.get(field_name) and task.arguments.get(argument) != body[field_name]:
             return False
     return True

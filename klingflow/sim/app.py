@@ -19,6 +19,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from klingflow import media
+from klingflow.kinds import KINDS
 from klingflow.models import EFFECTS
 from klingflow.sim import replies
 from klingflow.sim.config import SimConfig
@@ -26,7 +27,6 @@ from klingflow.sim.faults import Visit
 from klingflow.sim.forms import INVALID, read_fields
 from klingflow.sim.images import pattern_image
 from klingflow.sim.render import jpeg
-from klingflow.sim.rules import EFFECTS_ENDPOINT, FRAMES
 from klingflow.sim.service import Outcome, SimService
 from klingflow.sim.shapes import effects_catalogue
 from klingflow.sim.state import body_hash
@@ -171,8 +171,8 @@ async def _available(request: Request, service: SimService, visit: Visit) -> Res
 def _api_routes() -> list[Route]:
     body = {"method": "POST", "identity": _body_identity, "generic_faults": False}
     return [
-        api_route("/videos/image2video-frames", _generation(FRAMES), **body),  # type: ignore[arg-type]
-        api_route("/videos/image2video-effects", _generation(EFFECTS_ENDPOINT), **body),  # type: ignore[arg-type]
+        *(api_route(f"/{kind.endpoint}", _generation(kind.endpoint_name), **body)  # type: ignore[arg-type]
+          for kind in KINDS.values()),
         api_route("/videos/effects", _effects),
         api_route("/tasks/{task_id:int}", _poll, identity=_task_identity),
         api_route("/tasks", _history),

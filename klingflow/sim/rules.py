@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from klingflow import models
+from klingflow import kinds, models
 from klingflow.models import EFFECTS, MAX_PROMPT, MODELS, Effect, ModelRules, PriceKey
 from klingflow.sim import replies
 
-FRAMES = "image2video-frames"
-EFFECTS_ENDPOINT = "image2video-effects"
+FRAMES = kinds.FRAMES.endpoint_name
+EFFECTS_ENDPOINT = kinds.EFFECT.endpoint_name
 
 COMMON_FIELDS = frozenset({"email", "image", "prompt", "mode", "maxJobs", "replyUrl",
                            "replyRef"})
