@@ -89,6 +89,7 @@ class SimConfig:
     clip_size: tuple[int, int] = CLIP_SIZE
     callback_transport: httpx.AsyncBaseTransport | None = None
     state_dir: Path | None = None
+    cheap_render: bool = False  # one shared low-rate clip per duration (benchmarks)
 
     def __post_init__(self) -> None:
         if self.state_dir is not None and self.clock is time.monotonic:
@@ -107,7 +108,7 @@ class SimConfig:
 
 def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: str,
                     speed: float, state_dir: Path | None = None, task_seconds: float = 2.0,
-                    slow_seconds: float = 3.0) -> SimConfig:
+                    slow_seconds: float = 3.0, cheap_render: bool = False) -> SimConfig:
     """A SimConfig from `klingflow sim serve` options; UsageError names a bad one."""
     try:
         parsed = [parse_account(a) for a in accounts] or [DEFAULT_ACCOUNT]
@@ -120,4 +121,5 @@ def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: s
     if slow_seconds < 0:
         raise UsageError(f"--slow-seconds must be 0 or more, got {slow_seconds}")
     return SimConfig(token=token, accounts=parsed, seed=seed, faults=parsed_faults, speed=speed,
-                     state_dir=state_dir, task_seconds=task_seconds, slow_seconds=slow_seconds)
+                     state_dir=state_dir, task_seconds=task_seconds, slow_seconds=slow_seconds,
+                     cheap_render=cheap_render)

@@ -59,7 +59,8 @@ class SimService:
         self.config = config
         self.state = SimState(config)
         self.store = open_store(self.state)
-        self.renderer = Renderer(config.media_dir, self.picture, config.clip_size)
+        self.renderer = Renderer(config.media_dir, self.picture, config.clip_size,
+                                 cheap=config.cheap_render)
         self.notifier = Notifier(self.state, self.callback_body, config.callback_transport)
         self.origin: str | None = None  # the latest request's, for callbacks
         self._schedule_loaded()
