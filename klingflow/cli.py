@@ -116,7 +116,8 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
     serve(host=args.host, port=args.port, token=args.token, accounts=args.account,
           seed=args.seed, faults=args.faults, speed=args.speed,
           state_dir=Path(args.state) if args.state else None,
-          task_seconds=args.task_seconds, slow_seconds=args.slow_seconds)
+          task_seconds=args.task_seconds, slow_seconds=args.slow_seconds,
+          cheap_render=args.cheap_render)
     return EXIT_OK
 
 
@@ -170,7 +171,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="where run directories go: DIR/NAME/RUN-ID (default: runs)")
     p.add_argument("--max-jobs", type=int, metavar="N", help="cap on tasks in flight in the run")
     p.add_argument("--poll-interval", type=float, metavar="SECONDS",
-                   help="seconds between polls (default 15; 0.2 on the simulator)")
+                   help="the shortest wait between two polls of a task (default 5; 0.05 on "
+                        "the simulator); polls come near each task's expected end")
     p.add_argument("--fail-fast", action="store_true",
                    help="stop submitting new steps after the first failure")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -208,6 +210,8 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="how long a task takes at speed 1 (default 2)")
     p.add_argument("--slow-seconds", type=float, default=3.0, metavar="SECONDS",
                    help="delay of a 'slow' fault at speed 1 (default 3)")
+    p.add_argument("--cheap-render", action="store_true",
+                   help="serve one shared low-rate clip per duration (for benchmarks)")
     p.add_argument("--state", metavar="DIR",
                    help="keep the service's state (accounts, uploads, tasks) in DIR, so it "
                         "survives a restart; processes may share DIR")

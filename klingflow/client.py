@@ -12,7 +12,6 @@ executor's job (the API has no idempotency key).
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,17 +30,17 @@ from klingflow.errors import (
     ServerError,
     TransportError,
     UnauthorizedError,
+    is_moderation,
 )
 from klingflow.kinds import EFFECT, FRAMES
+from klingflow.policy import Retrier, RetryPolicy, Sleep
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 
-# Kling answers moderation with HTTP 500; only the `error` text tells it apart.
-_MODERATION = re.compile(r"community guidelines|CM_EXT\.|moderation|sensitive|violat", re.I)
-
-Sleep = Callable[[float], Awaitable[None]]
+READS = RetryPolicy(attempts=4, base=0.5, cap=30.0)
+"""GETs and uploads: up to 4 calls on transient errors, honouring Retry-After."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +65,7 @@ class Task:
     create_time: int | None  # ms since the epoch
     input_urls: tuple[str, ...]
     arguments: Mapping[str, str]
+    eta_ms: int | None = None  # etaTime: a hint of the time left (unit undocumented)
 
     @property
     def succeeded(self) -> bool:
@@ -107,7 +107,12 @@ def parse_task(data: Mapping[str, Any]) -> Task:
         create_time=inner.get("createTime"),
         input_urls=tuple(str(i.get("url")) for i in info.get("inputs") or [] if i.get("url")),
         arguments={str(a.get("name")): str(a.get("value")) for a in info.get("arguments") or []},
+        eta_ms=_eta(data.get("etaTime")),
     )
+
+
+def _eta(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _status_source(data: Mapping[str, Any], inner: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -146,7 +151,7 @@ def _kind_of(status: int, error_text: str, message: str) -> tuple[type[ApiError]
         return NotFoundError, error_text
     if status == 429:
         return RateLimitedError, error_text
-    if status == 500 and _MODERATION.search(error_text):
+    if status == 500 and is_moderation(error_text):
         return ModerationError, error_text
     return ServerError, f"{error_text} ({message})" if message else error_text
 
@@ -178,14 +183,13 @@ class KlingClient:
     """The useapi.net Kling API over an injected `httpx.AsyncClient`."""
 
     def __init__(self, http: httpx.AsyncClient, *, token: str, base_url: str = DEFAULT_API_BASE,
-                 get_attempts: int = 4, sleep: Sleep = anyio.sleep,
+                 reads: RetryPolicy = READS, sleep: Sleep = anyio.sleep,
                  rng: random.Random | None = None) -> None:
         self._http = http
         self._headers = {"Authorization": f"Bearer {token}"}
         self._base = base_url.rstrip("/") + "/"
-        self._get_attempts = get_attempts
-        self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._reads = reads
+        self._retrier = Retrier(sleep=sleep, rng=rng)
 
     # ---- generation (never retried here) ----------------------------------
 
@@ -275,20 +279,7 @@ class KlingClient:
         return response.json()
 
     async def _with_retries(self, call: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-        for attempt in range(1, self._get_attempts + 1):
-            try:
-                return await call()
-            except ApiError as exc:
-                if not exc.retryable or attempt == self._get_attempts:
-                    raise
-                await self._sleep(self._backoff(attempt, exc))
-        raise AssertionError("unreachable")
-
-    def _backoff(self, attempt: int, exc: ApiError) -> float:
-        retry_after = getattr(exc, "retry_after", None)
-        if retry_after is not None:
-            return float(retry_after)
-        return self._rng.uniform(0, min(30.0, 0.5 * 2**attempt))
+        return await self._retrier.call(self._reads, call)
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = self._base + path

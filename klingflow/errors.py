@@ -7,6 +7,7 @@ what was found, what was expected and how to fix it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 EXIT_OK = 0
@@ -54,6 +55,15 @@ class PipelineError(KlingflowError):
 
 
 # ---- errors of the useapi.net API, one per row of its error table ---------------
+
+# Kling answers moderation with HTTP 500 (and fails tasks with it); only the error text
+# tells it apart from a fault.
+_MODERATION = re.compile(r"community guidelines|CM_EXT\.|moderation|sensitive|violat", re.I)
+
+
+def is_moderation(error_text: str) -> bool:
+    """Whether an error text (a 500's `error`, a failed task's) is a moderation refusal."""
+    return bool(_MODERATION.search(error_text))
 
 
 @dataclass(eq=False)

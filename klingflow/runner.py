@@ -82,7 +82,7 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
 
 def _options(settings: Settings, pipeline: Pipeline) -> RunOptions:
     flags = settings.run
-    return RunOptions(max_jobs=flags.max_jobs, poll_interval=settings.poll_interval,
+    return RunOptions(max_jobs=flags.max_jobs, backoff=settings.backoff, poll=settings.poll,
                       fail_fast=flags.fail_fast, budget=flags.budget,
                       force=frozenset(forced_steps(pipeline, flags.force, flags.force_all)),
                       backend=settings.backend)

@@ -12,10 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klingflow.cache import CACHE_DIR_NAME
+from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
-SIM_POLL_INTERVAL = 0.2
-REAL_POLL_INTERVAL = 15.0
+SIM_BACKOFF = 0.2
+REAL_BACKOFF = 15.0
+REAL_POLL_FLOOR = 5.0
+SIM_POLL_FLOOR = 0.05  # simulated tasks take seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +36,7 @@ class RunFlags:
 
     out: Path = Path("runs")
     max_jobs: int | None = None
-    poll_interval: float | None = None  # None: 15 s, or 0.2 s on the simulator
+    poll_interval: float | None = None  # the shortest wait between polls; None: the default
     fail_fast: bool = False
     budget: int | None = None
     force: tuple[str, ...] = ()
@@ -69,10 +72,16 @@ class Settings:
         return backend_name(self.base_url)
 
     @property
-    def poll_interval(self) -> float:
+    def backoff(self) -> float:
+        """The base of the waits after a 429 or a lost POST."""
+        return SIM_BACKOFF if self.sim is not None else REAL_BACKOFF
+
+    @property
+    def poll(self) -> PollPolicy:
+        """Polls near each task's expected end, never closer than `--poll-interval`."""
         if self.run.poll_interval:
-            return self.run.poll_interval
-        return SIM_POLL_INTERVAL if self.sim is not None else REAL_POLL_INTERVAL
+            return PollPolicy.scaled(self.run.poll_interval)
+        return PollPolicy.scaled(SIM_POLL_FLOOR if self.sim is not None else REAL_POLL_FLOOR)
 
     def cache_root(self, pipeline_path: Path) -> Path:
         """KLINGFLOW_HOME, else `.klingflow/` beside the pipeline."""

@@ -26,6 +26,7 @@ from klingflow.cli import main
 from klingflow.client import KlingClient
 from klingflow.journal import Journal
 from klingflow.plan import build_plan
+from klingflow.policy import PollPolicy
 from klingflow.run import Executor, RunOptions, StepResult
 from klingflow.sim import SimConfig, create_app, running_simulator, sim_transport
 from klingflow.spec import load_pipeline
@@ -197,7 +198,7 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
     app = create_app(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(run_dir / "journal.jsonl")
-    options = options or RunOptions(poll_interval=0.02, backend="sim")
+    options = options or RunOptions(backoff=0.02, poll=PollPolicy.scaled(0.02), backend="sim")
     inner = sim_transport(app)
     transport = transport_wrapper(inner) if transport_wrapper else inner
     async with httpx.AsyncClient(transport=transport) as http:  # enters the app's lifespan

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from klingflow.policy import PollPolicy
 from klingflow.run import RunOptions, StepStatus
 from klingflow.sim import SimConfig
 from tests.runhelpers import InProcessRun, frames_step, peak_overlap, run_in_process, write_pipeline
@@ -73,7 +74,7 @@ async def test_the_max_jobs_option_overrides_the_pipeline(tmp_path: Path) -> Non
     steps = _independent(5, account=None)
     path = write_pipeline(tmp_path / "p", "option", steps, accounts={"a": A, "b": B},
                           max_jobs=3)
-    options = RunOptions(poll_interval=0.02, backend="sim", max_jobs=1)
+    options = RunOptions(backoff=0.02, poll=PollPolicy.scaled(0.02), backend="sim", max_jobs=1)
     run = await run_in_process(path, SimConfig(**CONFIG), tmp_path / "run",  # type: ignore[arg-type]
                                options=options)
     assert {r.status for r in run.results.values()} == {StepStatus.SUCCEEDED}

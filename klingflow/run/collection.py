@@ -3,7 +3,8 @@ extracting its frames and hashing them, and keeping them in the cache."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -13,11 +14,14 @@ from klingflow.cache import Cache, CacheEntry
 from klingflow.client import KlingClient, Task
 from klingflow.errors import ApiError, NotFoundError, ServerError, TransportError
 from klingflow.files import sha256_file
+from klingflow.policy import PollPolicy, Retrier, RetriesExhausted, RetryPolicy
 from klingflow.run.results import OUTPUT_FILES, OutputFile, StepFailed, StepResult, step_failure
 from klingflow.run.waiting import Patience
 from klingflow.spec.pipeline import Step
 
-DOWNLOAD_ATTEMPTS = 4
+DOWNLOADS = RetryPolicy(attempts=4, base=0.5, cap=5.0, retryable=lambda error: isinstance(
+    error, NotFoundError | TransportError | ServerError))
+"""A download that fails is tried again (with a fresh signed URL) up to 4 times."""
 
 
 class Collector:
@@ -25,12 +29,16 @@ class Collector:
     turns a finished one into the step's files in the run directory and the cache."""
 
     def __init__(self, *, client: KlingClient, run_dir: Path, cache: Cache,
-                 patience: Patience, poll_interval: float) -> None:
+                 patience: Patience, poll: PollPolicy, retrier: Retrier,
+                 clock: Callable[[], float] = time.time) -> None:
         self._client = client
         self._run_dir = run_dir
         self._cache = cache
         self._patience = patience
-        self._interval = poll_interval
+        self._poll = poll
+        self._retrier = retrier
+        self._clock = clock
+        self._sleep = retrier.sleep
 
     async def get_task(self, step: Step, task_id: int, email: str | None) -> Task:
         """The task, now."""
@@ -42,13 +50,19 @@ class Collector:
         except ApiError as exc:
             raise step_failure(exc) from exc
 
-    async def wait_final(self, step: Step, task: Task, email: str | None) -> Task:
-        deadline = anyio.current_time() + step.timeout
+    async def wait_final(self, step: Step, task: Task, email: str | None, *, since: float,
+                         expected: float | None) -> Task:
+        """Poll until the task is final. `since`: when it was submitted (wall clock);
+        `expected`: how long such tasks took before, if known."""
+        deadline = since + step.timeout
         while not task.status_final:
-            if anyio.current_time() > deadline:
+            now = self._clock()
+            if now > deadline:
                 raise StepFailed("timeout", f"task {task.id} was not done after "
                                  f"{step.timeout:g} s (the step's timeout)")
-            await anyio.sleep(self._interval)
+            eta_end = _eta_end(expected, now - since, task.eta_ms)
+            wait = self._poll.next_wait(now - since, expected, eta_end)
+            await self._sleep(min(wait, max(0.0, deadline - now) + 0.001))
             task = await self._poll_once(task, email)
         return task
 
@@ -76,16 +90,19 @@ class Collector:
 
     async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> None:
         """Download at once; a signed URL that expired (403) is refreshed by a new GET."""
-        for attempt in range(DOWNLOAD_ATTEMPTS):
+        backoff = self._retrier.backoff(DOWNLOADS)
+        while True:
             if task.video is None:
                 raise StepFailed("no_video", f"task {task.id} succeeded without a video")
             try:
                 await self._client.download(task.video.url, dest)
                 return
             except (NotFoundError, TransportError, ServerError) as exc:
-                if attempt == DOWNLOAD_ATTEMPTS - 1:
-                    raise StepFailed("download", f"could not download task {task.id}'s video: "
-                                     f"{exc}") from exc
+                try:
+                    await backoff.wait(exc)
+                except RetriesExhausted:
+                    raise StepFailed("download", f"could not download task {task.id}'s "
+                                     f"video: {exc}") from exc
                 task = await self.get_task(step, task.id, email)
 
     def path_of(self, step: Step, attr: str) -> Path:
@@ -111,3 +128,13 @@ class Collector:
                            {a: o.sha256 for a, o in result.outputs.items()}, request)
         await anyio.to_thread.run_sync(self._cache.store, entry,
                                        {a: o.path for a, o in result.outputs.items()})
+
+
+def _eta_end(expected: float | None, elapsed: float, eta_ms: int | None) -> float | None:
+    """When the service says the task ends (seconds after submit), if that is plausible:
+    the ETA's unit is undocumented, so it is trusted only where it agrees with what
+    such tasks took before."""
+    if eta_ms is None:
+        return None
+    end = elapsed + eta_ms / 1000
+    return end if expected is None or expected / 4 <= end <= expected * 4 else None

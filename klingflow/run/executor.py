@@ -19,10 +19,13 @@ import anyio
 
 from klingflow.cache import Cache, Claim
 from klingflow.client import KlingClient, Task
+from klingflow.errors import is_moderation
 from klingflow.journal import Journal, JournalState
 from klingflow.media import MediaError
 from klingflow.plan import Plan, PlannedStep
+from klingflow.policy import PollPolicy, Retrier
 from klingflow.run.collection import Collector
+from klingflow.run.durations import Durations
 from klingflow.run.results import (
     Event,
     NotSubmitted,
@@ -45,7 +48,8 @@ CLAIM_POLL_SECONDS = 0.2
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     max_jobs: int | None = None  # whole-run cap; None: the pipeline's limits.max_jobs
-    poll_interval: float = 15.0
+    backoff: float = 15.0  # the base of the waits after a 429, a lost POST or a failed GET
+    poll: PollPolicy = field(default_factory=PollPolicy)  # when to look at a running task
     fail_fast: bool = False
     budget: int | None = None  # credits; None: the pipeline's limits.budget
     force: frozenset[str] = field(default_factory=frozenset)  # regenerate even when cached
@@ -59,7 +63,8 @@ class Executor:
     def __init__(self, *, pipeline: Pipeline, plan: Plan, client: KlingClient, run_dir: Path,
                  journal: Journal, cache: Cache, options: RunOptions,
                  prior: JournalState | None = None,
-                 on_event: Callable[[Event], None] = lambda event: None) -> None:
+                 on_event: Callable[[Event], None] = lambda event: None,
+                 retrier: Retrier | None = None) -> None:
         self.pipeline = pipeline
         self.planned = {s.id: s for s in plan.steps}
         self.run_dir = run_dir
@@ -77,17 +82,20 @@ class Executor:
         self._budget = Budget(options.budget if options.budget is not None else pipeline.budget,
                               spent=sum(self.planned[sid].credits or 0 for sid in self._prepaid
                                         if sid in self.planned))
-        patience = Patience(options.poll_interval)
+        retrier = retrier or Retrier()
+        patience = Patience(retrier, options.backoff)
+        self._durations = Durations(cache.root / "durations.json")
         self._collector = Collector(client=client, run_dir=run_dir, cache=cache,
-                                    patience=patience, poll_interval=options.poll_interval)
+                                    patience=patience, retrier=retrier,
+                                    poll=options.poll)
         uploads = Uploads(pipeline=pipeline, client=client, journal=journal,
                           uploaded=self._resume.prior.uploads, output_of=self._output_of,
                           patience=patience)
         self._submitter = Submitter(
             pipeline=pipeline, client=client, journal=journal, slots=self._slots,
             uploads=uploads, collector=self._collector, resume=self._resume,
-            patience=patience, urgency=urgency([s.step for s in plan.steps]),
-            poll_interval=options.poll_interval,
+            patience=patience, retrier=retrier, urgency=urgency([s.step for s in plan.steps]),
+            backoff_base=options.backoff,
             max_rate_limit_wait=options.max_rate_limit_wait,
             stopping=lambda: self._stopping, on_event=on_event)
 
@@ -111,6 +119,7 @@ class Executor:
                     group.start_soon(self._run_step, planned)
         finally:
             self._close_unfinished()
+            self._durations.save()
         return self.results
 
     def stop_submitting(self) -> None:
@@ -219,7 +228,7 @@ class Executor:
         if reserved:
             self._budget.reserve(step.id, credits)
         try:
-            task, email, alias = await self._submit_and_wait(step, result)
+            task, email, alias = await self._submit_and_wait(planned, result)
         except BaseException:
             if reserved and result.task_id is None:
                 self._budget.refund(credits)
@@ -237,20 +246,27 @@ class Executor:
                             "credits": result.credits, "outputs": outputs})
         self._finish(result, status, None, None)
 
-    async def _submit_and_wait(self, step: Step,
+    async def _submit_and_wait(self, planned: PlannedStep,
                                result: StepResult) -> tuple[Task, str | None, str | None]:
         """Hold a slot from submit until the task is final; returns (task, email, alias)."""
-        assert result.key is not None
-        alias, task = await self._submitter.reattach(step, result, result.key)
+        step, key = planned.step, result.key
+        assert key is not None
+        alias, task = await self._submitter.reattach(step, result, key)
         if task is None:
-            alias, task = await self._submitter.submit(step, result, result.key)
+            alias, task = await self._submitter.submit(step, result, key)
         email = self._submitter.email(alias)
+        since = self._submitter.submitted_at(step.id)
+        kind = Durations.key(self.options.backend, step.kind, planned.model, planned.mode,
+                             planned.duration)
         try:
-            task = await self._collector.wait_final(step, task, email)
+            task = await self._collector.wait_final(step, task, email, since=since,
+                                                    expected=self._durations.expected(kind))
         finally:
             self._slots.release(alias)
+        if task.succeeded:
+            self._durations.record(kind, time.time() - since)
         if task.failed:
-            category = "moderation" if "violate" in task.error.lower() else "generation_failed"
+            category = "moderation" if is_moderation(task.error) else "generation_failed"
             raise StepFailed(category, f"task {task.id} failed: "
                              f"{task.error or task.message or task.status_name}")
         return task, email, alias

@@ -9,19 +9,17 @@ earlier POST is re-attached to, or recovered, instead of being sent again.
 
 from __future__ import annotations
 
-import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
-
-import anyio
 
 from klingflow.client import KlingClient, Task
 from klingflow.errors import ApiError, RateLimitedError, ServerError, TransportError
 from klingflow.journal import Journal
 from klingflow.kinds import StepKind, kind_of
 from klingflow.plan import endpoint_of
+from klingflow.policy import Backoff, Retrier, RetriesExhausted, RetryPolicy
 from klingflow.run.collection import Collector
 from klingflow.run.results import Event, NotSubmitted, StepFailed, StepResult, step_failure
 from klingflow.run.resume import Resume
@@ -38,8 +36,8 @@ class Submitter:
 
     def __init__(self, *, pipeline: Pipeline, client: KlingClient, journal: Journal,
                  slots: Slots, uploads: Uploads, collector: Collector, resume: Resume,
-                 patience: Patience, urgency: Mapping[str, float], poll_interval: float,
-                 max_rate_limit_wait: float, stopping: Callable[[], bool],
+                 patience: Patience, retrier: Retrier, urgency: Mapping[str, float],
+                 backoff_base: float, max_rate_limit_wait: float, stopping: Callable[[], bool],
                  on_event: Callable[[Event], None]) -> None:
         self._pipeline = pipeline
         self._client = client
@@ -50,12 +48,20 @@ class Submitter:
         self._resume = resume
         self._patience = patience
         self._urgency = urgency
-        self._interval = poll_interval
-        self._max_rate_limit_wait = max_rate_limit_wait
+        self._retrier = retrier
+        self._rate_limits = RetryPolicy(
+            attempts=None, within=max_rate_limit_wait, base=backoff_base, floor=backoff_base,
+            cap=4 * backoff_base, retryable=lambda error: isinstance(error, RateLimitedError))
+        self._lost_posts = RetryPolicy(base=backoff_base, cap=4 * backoff_base,
+                                       retryable=lambda error: isinstance(error, ApiError))
         self._stopping = stopping
         self._on_event = on_event
         self._claimed: set[int] = resume.owned_tasks()
-        self._rng = random.Random()
+        self._submitted_at: dict[str, float] = {}
+
+    def submitted_at(self, step_id: str) -> float:
+        """When the POST that created the step's task was sent (wall clock)."""
+        return self._submitted_at[step_id]
 
     def email(self, alias: str | None) -> str | None:
         return self._pipeline.accounts[alias].email if alias is not None else None
@@ -76,7 +82,7 @@ class Submitter:
         if task_id is None:
             self._resume.give_back(step.id)
             return None, None
-        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref)
+        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref, sub.at_ms)
         task = await self._collector.get_task(step, task_id, sub.email)
         self._resume.adopt(step.id)
         return sub.account, task
@@ -86,19 +92,18 @@ class Submitter:
     async def submit(self, step: Step, result: StepResult, key: str) -> tuple[str | None, Task]:
         """POST until a task exists, never paying twice; returns with a slot held.
 
-        `step.retries` bounds the POSTs that surely created nothing after an
-        error; 429s are waited out separately (within max_rate_limit_wait).
+        `step.retries` bounds the POSTs that surely created nothing after an error;
+        429s are waited out separately, for at most max_rate_limit_wait seconds.
         """
-        rate_limited_since: float | None = None
-        lost = 0
+        busy = self._retrier.backoff(self._rate_limits)
+        lost = self._retrier.backoff(self._lost_posts.but(attempts=step.retries + 1))
         while True:
             alias = await self._acquire(step)
             try:
                 outcome = await self._post(step, result, key, alias)
-            except RateLimitedError as busy:
+            except RateLimitedError as refused:
                 self._slots.release(alias)
-                rate_limited_since = rate_limited_since or anyio.current_time()
-                await self._wait_rate_limit(step, busy, rate_limited_since)
+                await self._wait_rate_limit(step, busy, refused)
                 continue
             except BaseException:
                 self._slots.release(alias)
@@ -106,10 +111,11 @@ class Submitter:
             if isinstance(outcome, Task):
                 return alias, outcome
             self._slots.release(alias)
-            lost += 1
-            if lost > step.retries:
-                raise StepFailed(outcome.category,
-                                 f"gave up after {result.attempts} attempts: {outcome}")
+            try:
+                await lost.wait(outcome)
+            except RetriesExhausted:
+                raise StepFailed(outcome.category, f"gave up after {result.attempts} "
+                                 f"attempts: {outcome}") from outcome
 
     async def _acquire(self, step: Step) -> str | None:
         """A slot for a new submission, unless the run stops meanwhile."""
@@ -144,31 +150,29 @@ class Submitter:
             raise  # nothing was created: submit() waits and sends it again
         except ApiError as exc:
             raise step_failure(exc) from exc
-        self._attach(step, result, task.id, alias, email, reply_ref)
+        self._attach(step, result, task.id, alias, email, reply_ref, at_ms)
         return task
 
     def _attach(self, step: Step, result: StepResult, task_id: int, alias: str | None,
-                email: str | None, reply_ref: str) -> None:
+                email: str | None, reply_ref: str, at_ms: int) -> None:
         self._claimed.add(task_id)
+        self._submitted_at[step.id] = at_ms / 1000
         result.task_id, result.account = task_id, alias
         result.submitted_at = result.submitted_at or time.time()
         self._journal.write({"event": "submitted", "step": step.id, "task_id": task_id,
                              "account": alias, "email": email, "reply_ref": reply_ref})
         self._on_event(Event(step.id, "submitted", f"task {task_id}"))
 
-    async def _wait_rate_limit(self, step: Step, busy: RateLimitedError, since: float) -> None:
-        waited = anyio.current_time() - since
-        if waited > self._max_rate_limit_wait:
+    async def _wait_rate_limit(self, step: Step, busy: Backoff,
+                               refused: RateLimitedError) -> None:
+        try:
+            delay = busy.next_delay(refused)
+        except RetriesExhausted:
             raise StepFailed("rate_limited", f"every eligible account stayed busy for "
-                             f"{waited:.0f} s: {busy}")
-        delay = busy.retry_after if busy.retry_after is not None else self._backoff(waited)
+                             f"{busy.waited:.0f} s: {refused}") from refused
         self._on_event(Event(step.id, "waiting",
                              f"account busy (429); retrying in {delay:.1f} s"))
-        await anyio.sleep(delay)
-
-    def _backoff(self, waited: float) -> float:
-        base = max(self._interval, 0.05)
-        return self._rng.uniform(base, base * 2 + min(waited, 10 * base) / 2)
+        await self._retrier.sleep(delay)
 
     # ---- recovering a POST whose outcome is unknown -------------------------------------
 

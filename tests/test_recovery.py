@@ -1,0 +1,141 @@
+"""Recovering a POST whose outcome is unknown, on its own: the Submitter against a
+scripted service (no HTTP), with time made instant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from klingflow.client import SchedulerEntry, Task
+from klingflow.errors import ServerError, UnauthorizedError
+from klingflow.journal import Journal, JournalState
+from klingflow.plan import build_plan
+from klingflow.policy import Retrier
+from klingflow.run.collection import Collector
+from klingflow.run.results import RunAborted, StepFailed
+from klingflow.run.resume import Resume
+from klingflow.run.scheduling import Slots
+from klingflow.run.submission import Submitter
+from klingflow.run.uploads import Uploads
+from klingflow.run.waiting import Patience
+from klingflow.spec import load_pipeline
+from tests.runhelpers import frames_step, write_pipeline
+from tests.test_policy import FakeTime
+
+pytestmark = pytest.mark.anyio
+
+IMAGE = "https://cdn.test/hero.png"
+BODY = {"image": IMAGE, "prompt": "a lighthouse", "model_name": "kling-v3-0"}
+
+
+def task(task_id: int, prompt: str = "a lighthouse", image: str = IMAGE) -> Task:
+    return Task(id=task_id, status_name="submitted", status_final=False, message="", error="",
+                video=None, create_time=None, input_urls=(image,),
+                arguments={"prompt": prompt})
+
+
+class ScriptedService:
+    """GET scheduler and GET tasks as a test sets them; errors raised while `failing`."""
+
+    def __init__(self) -> None:
+        self.scheduled: list[SchedulerEntry] = []
+        self.history: list[Task] = []
+        self.failing: list[Exception] = []
+        self.calls: list[str] = []
+
+    async def scheduler(self) -> list[SchedulerEntry]:
+        self.calls.append("scheduler")
+        if self.failing:
+            raise self.failing.pop(0)
+        return self.scheduled
+
+    async def list_tasks(self, **query: Any) -> list[Task]:
+        self.calls.append(f"tasks after {query['created_after_ms']}")
+        return self.history
+
+
+def submitter(tmp_path: Path, service: ScriptedService,
+              prior: JournalState | None = None) -> tuple[Submitter, Any]:
+    path = write_pipeline(tmp_path / "p", "recover", [frames_step("s", "a lighthouse")])
+    pipeline = load_pipeline(path)
+    step = build_plan(pipeline).steps[0].step
+    time = FakeTime()
+    retrier = Retrier(clock=time.clock, sleep=time.sleep)
+    patience = Patience(retrier, 1.0)
+    slots = Slots({None: 1}, None)
+    journal = Journal(tmp_path / "journal.jsonl")
+    client: Any = service
+    collector = Collector(client=client, run_dir=tmp_path, cache=None,  # type: ignore[arg-type]
+                          patience=patience, poll=None, retrier=retrier)  # type: ignore[arg-type]
+    uploads = Uploads(pipeline=pipeline, client=client, journal=journal, uploaded={},
+                      output_of=lambda ref: None, patience=patience)  # type: ignore[arg-type,return-value]
+    return Submitter(pipeline=pipeline, client=client, journal=journal, slots=slots,
+                     uploads=uploads, collector=collector,
+                     resume=Resume(prior or JournalState(), slots), patience=patience,
+                     retrier=retrier, urgency={"s": 1.0}, backoff_base=1.0,
+                     max_rate_limit_wait=60.0, stopping=lambda: False,
+                     on_event=lambda event: None), step
+
+
+async def test_the_reply_ref_in_the_scheduler_finds_the_task(tmp_path: Path) -> None:
+    service = ScriptedService()
+    service.scheduled = [SchedulerEntry(7, "a@x.test", "other"),
+                         SchedulerEntry(8, "a@x.test", "mine")]
+    found, step = submitter(tmp_path, service)
+    assert await found.recover(step, "mine", None, 50_000, BODY) == 8
+    assert service.calls == ["scheduler"]
+
+
+async def test_the_history_finds_a_finished_task_by_its_inputs_and_prompt(tmp_path: Path) -> None:
+    service = ScriptedService()
+    service.history = [task(5, prompt="another"), task(6, image="https://cdn.test/x.png"),
+                       task(9)]
+    found, step = submitter(tmp_path, service)
+    assert await found.recover(step, "gone", None, 50_000, BODY) == 9
+    assert service.calls == ["scheduler", "tasks after 40000"]  # 10 s before the POST
+
+
+async def test_a_task_the_run_already_owns_is_never_adopted_again(tmp_path: Path) -> None:
+    service = ScriptedService()
+    service.history = [task(9)]
+    prior = JournalState()
+    prior.apply({"event": "submitting", "step": "other", "key": "k", "reply_ref": "r",
+                 "account": None, "email": None, "at_ms": 1})
+    prior.apply({"event": "submitted", "step": "other", "task_id": 9})
+    found, step = submitter(tmp_path, service, prior)
+    assert await found.recover(step, "gone", None, 50_000, BODY) is None
+
+
+async def test_nothing_found_means_nothing_was_created(tmp_path: Path) -> None:
+    found, step = submitter(tmp_path, ScriptedService())
+    assert await found.recover(step, "gone", None, 50_000, BODY) is None
+
+
+async def test_recovery_keeps_asking_while_the_service_is_down(tmp_path: Path) -> None:
+    service = ScriptedService()
+    service.failing = [ServerError("down", status=503)] * 3
+    service.scheduled = [SchedulerEntry(8, "a@x.test", "mine")]
+    found, step = submitter(tmp_path, service)
+    assert await found.recover(step, "mine", None, 50_000, BODY) == 8
+    assert service.calls == ["scheduler"] * 4
+
+
+async def test_an_unanswerable_recovery_leaves_the_step_unresolved(tmp_path: Path) -> None:
+    service = ScriptedService()
+    service.failing = [ServerError("down", status=503, method="GET", url="u")] * 10_000
+    found, step = submitter(tmp_path, service)
+    with pytest.raises(StepFailed) as failed:
+        await found.recover(step, "mine", None, 50_000, BODY)
+    assert failed.value.unresolved and failed.value.category == "recovery"
+    assert str(failed.value) == ("could not tell whether a task was created (resume to try "
+                                 "again): GET u: HTTP 503: down")
+
+
+async def test_a_refused_token_during_recovery_stops_the_run(tmp_path: Path) -> None:
+    service = ScriptedService()
+    service.failing = [UnauthorizedError("Unauthorized", status=401)]
+    found, step = submitter(tmp_path, service)
+    with pytest.raises(RunAborted):
+        await found.recover(step, "mine", None, 50_000, BODY)
