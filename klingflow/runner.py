@@ -19,7 +19,7 @@ import anyio
 import httpx
 
 from klingflow.cache import Cache
-from klingflow.client import KlingClient
+from klingflow.client import POOL_LIMITS, KlingClient
 from klingflow.errors import UsageError
 from klingflow.journal import Journal
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
@@ -49,7 +49,7 @@ def run_pipeline(plan: Plan, settings: Settings, *,
 
 
 async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) -> RunReport:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
         cache = Cache(settings.cache_root(plan.pipeline.path))
         return await run(plan, settings, http=http, cache=cache, on_event=on_event)
 
