@@ -19,6 +19,8 @@ from klingflow.files import write_atomically
 from klingflow.plan import Plan
 
 LOCK_VERSION = 1
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big locks
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 HEADER = ("# klingflow lock file: what each step of {name} last produced.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
@@ -55,7 +57,7 @@ def lock_path(pipeline_path: Path) -> Path:
 def read_lock(path: Path) -> Lock:
     """The lock at `path`; an empty lock when there is none or it is unreadable."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
         steps = {sid: LockEntry(**{**entry, "outputs": entry.get("outputs") or {}})
                  for sid, entry in (data.get("steps") or {}).items()}
     except (OSError, yaml.YAMLError, TypeError, AttributeError):
@@ -77,5 +79,6 @@ def write_lock(path: Path, *, name: str, backend: str, plan: Plan,
     """Write the steps of `plan` that have an entry, in execution order."""
     steps = {s.id: entries[s.id].to_yaml() for s in plan.steps if s.id in entries}
     document = {"version": LOCK_VERSION, "pipeline": name, "backend": backend, "steps": steps}
-    text = yaml.safe_dump(document, sort_keys=False, default_flow_style=False, width=100)
+    text = yaml.dump(document, Dumper=_DUMPER, sort_keys=False, default_flow_style=False,
+                     width=100)
     write_atomically(path, HEADER.format(name=name) + text)

@@ -12,12 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from klingflow.files import write_atomically
 from klingflow.report.model import RunReport
 from klingflow.run import StepResult, StepStatus
-from klingflow.schema_files import load_schema
 
 REPORT_FORMAT = 1
 
@@ -57,7 +54,8 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
 
 
 def report_document(report: RunReport) -> dict[str, Any]:
-    """The report document; valid against `schemas/report.schema.json`."""
+    """The report document; valid against `schemas/report.schema.json` (the tests check
+    every report they read against it; a run does not pay for checking its own)."""
     results = report.results
     done = {sid for sid, r in results.items() if r.status.done}
     document = {
@@ -72,7 +70,6 @@ def report_document(report: RunReport) -> dict[str, Any]:
                     for o in report.pipeline.outputs.values()},
         "totals": _totals(results),
     }
-    jsonschema.validate(document, load_schema("report"))
     return document
 
 
