@@ -1,0 +1,162 @@
+"""Does one process carry the provider's ceiling? 50 accounts x 50 jobs = 2,500 tasks in flight.
+
+Run: python bench/bench_scale.py [--steps 500,1000,5000] [--task-seconds 60]
+
+For each size, a pipeline of that many steps (every second step starts from the
+previous one's last frame, so half the steps upload a frame) runs over 50 accounts
+with max_jobs 50 through the real CLI, in a process of its own, against the
+simulator served by `klingflow sim serve --cheap-render` in another process (one
+shared 2 fps clip per duration, so the simulator's rendering is not what is
+measured). Tasks take --task-seconds. The runs share one KLINGFLOW_HOME, so the
+later ones poll with the durations the earlier ones learnt, as a user's runs do.
+
+Printed per size: makespan / lower bound (max(critical path, total task time /
+2,500 slots)), klingflow's CPU seconds per step (user + system, from wait4), its
+peak RSS, and HTTP requests per task by route.
+Targets: ratio <= 1.05 at 2,500 tasks in flight; < 5 ms CPU per step; memory
+growing linearly and under 500 MB at 5,000 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "user:1-bench-scale"
+ACCOUNTS = 50
+JOBS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def simulator(task_seconds: float) -> Iterator[str]:
+    port = free_port()
+    accounts = [arg for n in range(ACCOUNTS) for arg in ("--account", f"a{n}@bench.test:{JOBS}")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "klingflow", "sim", "serve", "--port", str(port), "--token",
+         TOKEN, "--task-seconds", str(task_seconds), "--cheap-render", *accounts],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}/v1/kling"
+    try:
+        wait_until_up(base)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_until_up(base: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=5)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def write_pipeline(folder: Path, steps: int, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    shutil.copyfile(ROOT / "pipelines" / "images" / "hero.png", folder / "images" / "hero.png")
+    document: dict[str, Any] = {
+        "version": 1, "name": name,
+        "accounts": {f"a{n}": {"email": f"a{n}@bench.test", "max_jobs": JOBS}
+                     for n in range(ACCOUNTS)},
+        "inputs": {"hero": "images/hero.png"},
+        "steps": []}
+    for i in range(steps):
+        image = "${inputs.hero}" if i % 2 == 0 else f"${{steps.s{i - 1}.last_frame}}"
+        document["steps"].append({"id": f"s{i}", "kind": "frames", "model_name": "kling-v2-1",
+                                  "duration": 5, "image": image, "prompt": f"shot {i}"})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run(path: Path, home: Path, base: str, out: Path) -> tuple[dict[str, Any], float, float]:
+    """(report, CPU seconds, peak RSS in MB) of one `klingflow run`."""
+    env = {**os.environ, "USEAPI_TOKEN": TOKEN, "KLINGFLOW_API_BASE": base,
+           "KLINGFLOW_HOME": str(home)}
+    with (out.parent / f"{path.stem}.log").open("w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "klingflow", "run", str(path),
+                                    "--out", str(out), "--json"],
+                                   env=env, stdout=subprocess.PIPE, stderr=log, text=True)
+        assert process.stdout is not None
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"the run failed; see {out.parent / f'{path.stem}.log'}")
+    report: dict[str, Any] = json.loads(output)
+    return report, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def seconds(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+def measure(steps: int, task_seconds: float, folder: Path, base: str) -> None:
+    path = write_pipeline(folder / "p", steps, f"scale-{steps}")
+    stats_before = httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=30).json()
+    began = time.monotonic()
+    report, cpu, rss = run(path, folder / "home", base, folder / "runs")
+    wall = time.monotonic() - began
+    stats = httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=30).json()
+    makespan = seconds(report["finished_at"]) - seconds(report["started_at"])
+    bound = max(2 * task_seconds, steps * task_seconds / (ACCOUNTS * JOBS))
+    done = sum(s["status"] == "succeeded" for s in report["steps"])
+    print(f"{steps:>6} steps  {done:>6} succeeded  makespan {makespan:7.1f} s  "
+          f"bound {bound:6.1f} s  ratio {makespan / bound:5.3f}  "
+          f"CPU {cpu:6.1f} s = {cpu / steps * 1000:5.2f} ms/step  peak RSS {rss:6.1f} MB  "
+          f"(wall {wall:.1f} s)")
+    requests = {k: v - stats_before["requests"].get(k, 0) for k, v in stats["requests"].items()}
+    tasks = stats["tasks"] - stats_before["tasks"]
+    print("        requests per task: " + ", ".join(
+        f"{route} {count / tasks:.2f}" for route, count in
+        sorted(requests.items(), key=lambda kv: -kv[1]) if count))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="500,1000,5000",
+                        help="comma-separated pipeline sizes, run in this order")
+    parser.add_argument("--task-seconds", type=float, default=60.0)
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="klingflow-bench-scale-"))
+    print(f"{ACCOUNTS} accounts x {JOBS} jobs, tasks of {args.task_seconds:g} s, "
+          f"working in {folder}")
+    try:
+        with simulator(args.task_seconds) as base:
+            for size in (int(s) for s in args.steps.split(",")):
+                measure(size, args.task_seconds, folder / str(size), base)
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
