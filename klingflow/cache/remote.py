@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 
@@ -24,6 +23,7 @@ from klingflow.cache.local import Cache, CacheEntry
 from klingflow.cache.location import RemoteSettings
 from klingflow.cache.probe import RemoteStatus, probe_store
 from klingflow.cache.records import RecordError, decode_record, encode_record
+from klingflow.errors import RemoteCacheError
 from klingflow.files import temporary_beside
 
 TRANSFERS = 8  # files moving at once, per remote
@@ -110,10 +110,9 @@ class RemoteCache:
             return self._reject(key, blob.version, f"{record_path(key)} {exc}")
         problems: list[str] = []
         sizes: list[int] = []
-        async with anyio.create_task_group() as group:
-            for sha in sorted(set(entry.outputs.values())):
-                if not local.object_path(sha).exists():
-                    group.start_soon(self._download, sha, local, problems, sizes)
+        await _each(self._download, [sha for sha in sorted(set(entry.outputs.values()))
+                                     if not local.object_path(sha).exists()],
+                    local, problems, sizes)
         if problems:
             return self._reject(key, blob.version, sorted(problems)[0])
         paths = {attr: local.object_path(sha) for attr, sha in entry.outputs.items()}
@@ -156,21 +155,39 @@ class RemoteCache:
         if not repair and await self.bucket.stat(record_path(entry.key)) is not None:
             return PushResult(entry.key, skipped="already in the remote cache")
         sent: list[tuple[str, int]] = []
-        async with anyio.create_task_group() as group:
-            for sha in shas:
-                group.start_soon(self._upload, sha, local.object_path(sha), sent)
+        await _each(self._upload, shas, local, sent)
         await self.bucket.write(record_path(entry.key), encode_record(entry))
         self._rejected.pop(entry.key, None)
         return PushResult(entry.key, tuple(sorted(sha for sha, _ in sent)),
                           sum(size for _, size in sent))
 
-    async def _upload(self, sha: str, source: Path, sent: list[tuple[str, int]]) -> None:
+    async def _upload(self, sha: str, local: Cache, sent: list[tuple[str, int]]) -> None:
+        source = local.object_path(sha)
         async with self._limiter:
             if sha not in self._corrupt and await self.bucket.stat(blob_path(sha)) is not None:
                 return
             await self.bucket.upload(blob_path(sha), source)
         self._corrupt.discard(sha)
         sent.append((sha, source.stat().st_size))
+
+
+async def _each(transfer: Callable[..., Awaitable[None]], shas: list[str],
+                *args: object) -> None:
+    """`transfer(sha, *args)` for every file at once; if some fail, raise one
+    RemoteCacheError (the first by file name), not a group of them."""
+    errors: list[tuple[str, RemoteCacheError]] = []
+
+    async def one(sha: str) -> None:
+        try:
+            await transfer(sha, *args)
+        except RemoteCacheError as exc:
+            errors.append((sha, exc))
+
+    async with anyio.create_task_group() as group:
+        for sha in shas:
+            group.start_soon(one, sha)
+    if errors:
+        raise min(errors, key=lambda error: error[0])[1]
 
 
 def _check_key(key: str) -> None:
