@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +33,9 @@ CHUNK = 1 << 20
 RETRY: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=20),
          "backoff": {"init_backoff": timedelta(milliseconds=100),
                      "max_backoff": timedelta(seconds=2), "base": 2}}
+# S3 answers 409 when two conditional writes to one key race; it says to try again.
+CONFLICT_RETRIES = (0.05, 0.2, 0.5)
+_CONFLICT = re.compile(r"\b409 Conflict\b")
 SECRET_VARIABLES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_TOKEN",
     "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY",
@@ -73,9 +76,11 @@ class Download:
 class Bucket:
     """One store under one prefix. Paths are relative to the prefix (`cas/SHA`...)."""
 
-    def __init__(self, store: ObjectStore, *, where: str) -> None:
+    def __init__(self, store: ObjectStore, *, where: str,
+                 conflict_delays: Sequence[float] = CONFLICT_RETRIES) -> None:
         self.store = store
         self.where = where  # the URL to show in messages
+        self._conflict_delays = conflict_delays
 
     @classmethod
     def open(cls, settings: RemoteSettings) -> Bucket:
@@ -147,9 +152,19 @@ class Bucket:
     # ---- plumbing ----------------------------------------------------------------------
 
     async def _put(self, path: str, data: bytes, mode: Any, doing: str) -> Version:
-        async def put() -> Version:
+        async def put_once() -> Version:
             result = await self.store.put_async(path, data, mode=mode, use_multipart=False)
             return Version(result["e_tag"], result["version"])
+
+        async def put() -> Version:
+            for delay in self._conflict_delays:
+                try:
+                    return await put_once()
+                except obx.GenericError as exc:
+                    if not _CONFLICT.search(str(exc)):
+                        raise
+                await anyio.sleep(delay)
+            return await put_once()
         try:
             return await self._call(put, doing, passing=(obx.AlreadyExistsError,
                                                          obx.PreconditionError))
