@@ -17,8 +17,7 @@ def make_result(local: Cache, scratch: Path, n: int, *, size: int = 2000,
                 made_by: str = "") -> CacheEntry:
     """Step `n`'s result, as a run leaves it in `local`: three files and their entry.
     Two machines that both paid for a step have different bytes: `made_by` differs."""
-    request = {"endpoint": "videos/image2video-effects", "backend": "sim",
-               "body": {"effect": "rocket", "image": f"sha256:{n:064x}"}}
+    request = result_request(n)
     scratch.mkdir(parents=True, exist_ok=True)
     files = {}
     for attr in ATTRIBUTES:
@@ -29,6 +28,16 @@ def make_result(local: Cache, scratch: Path, n: int, *, size: int = 2000,
                        {attr: sha256_file(path) for attr, path in files.items()}, request)
     local.store(entry, files)
     return entry
+
+
+def result_request(n: int) -> dict[str, object]:
+    return {"endpoint": "videos/image2video-effects", "backend": "sim",
+            "body": {"effect": "rocket", "image": f"sha256:{n:064x}"}}
+
+
+def result_key(n: int) -> str:
+    """The request key of make_result(..., n)."""
+    return canonical_hash(result_request(n))
 
 
 class FakeTime:
