@@ -261,12 +261,15 @@ class ClaimBoard:
         again at the next beat: a lease survives a store's hiccup shorter than a TTL."""
         while not (lease.lost or lease.released):
             await self.sleep(self.ttl / 3)
-            try:
-                await lease.renew()
-            except ClaimLostError:
-                return
-            except RemoteCacheError:
-                continue
+            # Shielded: a renewal cut short after the store took it would leave the lease
+            # with an old ETag, and its release or next update would then fail.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await lease.renew()
+                except ClaimLostError:
+                    return
+                except RemoteCacheError:
+                    continue
 
     # ---- the steps the waiting is made of -----------------------------------------------
 
