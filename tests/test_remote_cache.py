@@ -227,3 +227,17 @@ async def test_a_file_store_shares_results_between_folders(tmp_path) -> None:
 async def test_keys_that_are_not_request_keys_are_refused(store, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"^not a request key: '\.\./x'$"):
         await remote_on(store).fetch("../x", Cache(tmp_path))
+
+
+async def test_a_file_larger_than_one_read_is_streamed_and_checked(store, tmp_path) -> None:
+    first = Cache(tmp_path / "a")
+    entry = make_result(first, tmp_path / "files", 1, size=9 << 20)  # over 8 MB: streamed
+    await remote_on(store).push(entry, first)
+    second = Cache(tmp_path / "b")
+    fetched = await remote_on(store).fetch(entry.key, second)
+    assert fetched.hit and fetched.downloaded > 3 * (9 << 20)
+    sha = entry.outputs["video"]
+    store.put(f"cas/{sha}", b"x" * (9 << 20))
+    corrupt = await remote_on(store).fetch(entry.key, Cache(tmp_path / "c"))
+    assert corrupt.problem == (f"cas/{sha} is corrupt: its bytes hash to "
+                               f"{hashlib.sha256(b'x' * (9 << 20)).hexdigest()}")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 CHUNK = 1 << 20
+WHOLE = 8 << 20  # objects up to this size are read in one piece; larger ones stream
 # Bounded so that a store that is down fails a run within seconds, not obstore's 3 minutes.
 RETRY: RetryConfig = {"max_retries": 3, "retry_timeout": timedelta(seconds=20),
          "backoff": {"init_backoff": timedelta(milliseconds=100),
@@ -137,6 +138,9 @@ class Bucket:
         and size, or None when there is no such object."""
         async def fetch() -> Download:
             result = await self.store.get_async(path)
+            if result.meta["size"] <= WHOLE:  # one read, one hop to a worker thread
+                data = await result.bytes_async()
+                return await anyio.to_thread.run_sync(_save, dest, data)
             digest, size = hashlib.sha256(), 0
             with dest.open("wb") as sink:
                 async for chunk in result.stream(min_chunk_size=CHUNK):
@@ -189,6 +193,13 @@ class Bucket:
             raise
         except (obx.BaseError, OSError, ValueError) as exc:
             raise RemoteCacheError(self.where, f"cannot {doing}: {explain(exc)}") from exc
+
+
+def _save(dest: Path, data: Any) -> Download:
+    view = memoryview(data)
+    with dest.open("wb") as sink:
+        sink.write(view)
+    return Download(hashlib.sha256(view).hexdigest(), len(view))
 
 
 def _write(sink: IO[bytes], digest: Any, chunk: Any) -> None:
