@@ -11,6 +11,7 @@ from obstore.store import MemoryStore
 from klingflow.cache.bucket import Bucket
 from klingflow.cache.local import Cache
 from klingflow.cache.location import RemoteSettings
+from klingflow.cache.pushes import background_pushes
 from klingflow.cache.remote import RemoteCache
 from klingflow.files import canonical_hash
 from tests.remotehelpers import make_result
@@ -241,3 +242,17 @@ async def test_a_file_larger_than_one_read_is_streamed_and_checked(store, tmp_pa
     corrupt = await remote_on(store).fetch(entry.key, Cache(tmp_path / "c"))
     assert corrupt.problem == (f"cas/{sha} is corrupt: its bytes hash to "
                                f"{hashlib.sha256(b'x' * (9 << 20)).hexdigest()}")
+
+
+async def test_background_pushes_finish_before_the_block_ends(store, tmp_path) -> None:
+    local = Cache(tmp_path / ".klingflow")
+    entries = [make_result(local, tmp_path / "files", n) for n in range(3)]
+    done: list[str] = []
+    async with background_pushes(remote_on(store), local,
+                                 on_done=lambda pushed: done.append(pushed.key)) as pushes:
+        for entry in entries:
+            pushes.push_soon(entry)  # returns at once
+        assert done == []
+    assert sorted(done) == sorted(e.key for e in entries)
+    assert pushes.failures == []
+    assert {f"ac/{e.key}" for e in entries} <= set(contents(store))

@@ -141,7 +141,7 @@ TTL = 1.5
 
 
 def board(m: Machine, ttl: float = TTL) -> ClaimBoard:
-    return ClaimBoard(m.remote.bucket, owner=Owner.here(f"run-{m.name}"), ttl=ttl)
+    return m.remote.claims(Owner.here(f"run-{m.name}"), ttl=ttl)
 
 
 async def test_two_claimers_at_once_one_pays_and_the_other_gets_its_record(s3, tmp_path) -> None:
