@@ -180,10 +180,11 @@ async def test_read_only_writes_nothing(store, tmp_path) -> None:
     pushed = await remote.push(entry, local)
     assert (pushed.uploaded, pushed.skipped) == ((), "the remote cache is read-only here")
     status = await remote.probe()
-    assert not status.claims
+    assert status.claims  # to wait for other machines' claims
     assert status.message == ("remote cache memory:// is read-only here: results are read "
-                              "from it, nothing is written to it, and no claims are shared "
-                              "with other machines")
+                              "from it and nothing is written to it; steps that other "
+                              "machines have claimed are waited for, but this machine "
+                              "claims none")
     assert contents(store) == {}
 
 

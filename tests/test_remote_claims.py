@@ -17,6 +17,7 @@ from klingflow.cache.claims import (
     Lease,
     Owner,
     ResultReady,
+    Unclaimed,
     Waiting,
     WaitNotice,
     Watch,
@@ -51,15 +52,16 @@ class Remote:
 
 class Machine:
     def __init__(self, store: MemoryStore, name: str, *, start: float = 0.0,
-                 remote: Remote | None = None) -> None:
+                 remote: Remote | None = None, read_only: bool = False) -> None:
         self.time = FakeTime(start)
         self.remote = remote or Remote()
         self.board = ClaimBoard(Bucket(store, where="memory://"),
                                 owner=Owner(f"host-{name}", 100 + len(name), f"run-{name}",
                                             f"token-{name}"),
-                                ttl=TTL, clock=self.time.clock, sleep=self.time.sleep)
+                                ttl=TTL, clock=self.time.clock, sleep=self.time.sleep,
+                                read_only=read_only)
 
-    async def acquire(self, **options: object) -> Lease | ResultReady[Served]:
+    async def acquire(self, **options: object) -> Lease | ResultReady[Served] | Unclaimed:
         return await self.board.acquire(KEY, step="launch", serve=self.remote.serve,
                                         **options)  # type: ignore[arg-type]
 
@@ -360,3 +362,45 @@ async def _advance(lease: Lease, progress: str) -> None:
         await lease.submitting(reply_ref="r", account="main", email="a@x.test", at_ms=1)
     if progress == "submitted":
         await lease.submitted(5)
+
+
+# ---- read-only machines: they wait for others' claims and never write one --------------
+
+
+async def test_read_only_a_free_key_is_worked_on_without_a_claim(store) -> None:
+    got = await Machine(store, "ci", read_only=True).acquire()
+    assert got == Unclaimed(KEY, None)
+    assert not has_claim(store)
+
+
+async def test_read_only_waits_for_a_live_holder_and_gets_its_result(store) -> None:
+    remote = Remote()
+    a, ci = Machine(store, "a", remote=remote), Machine(store, "ci", remote=remote,
+                                                        read_only=True)
+    lease = await a.acquire()
+    assert isinstance(lease, Lease)
+    written = stored_claim(store)
+
+    async def holder_works(_: float) -> None:
+        await lease.renew()
+        if len(ci.time.slept) == 8:
+            remote.done = True
+
+    ci.time.on_sleep = holder_works
+    notices: list[WaitNotice] = []
+    assert await ci.acquire(on_wait=notices.append) == ResultReady(KEY, Served(True))
+    assert [str(n) for n in notices] == [
+        "waiting for another machine: host-a (pid 101) has claimed it"]
+    assert stored_claim(store)["owner"] == written["owner"]  # ci wrote nothing
+
+
+async def test_read_only_a_stale_holder_is_left_in_place_and_its_task_handed_on(store) -> None:
+    a, ci = Machine(store, "a"), Machine(store, "ci", read_only=True)
+    lease = await a.acquire()
+    assert isinstance(lease, Lease)
+    await lease.submitted(31)
+    got = await ci.acquire()
+    assert isinstance(got, Unclaimed) and got.previous is not None
+    assert (got.previous.task_id, got.previous.owner.host) == (31, "host-a")
+    assert sum(ci.time.slept) >= TTL
+    assert stored_claim(store)["owner"]["host"] == "host-a"  # type: ignore[index]

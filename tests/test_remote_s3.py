@@ -18,7 +18,7 @@ import anyio
 import pytest
 
 from klingflow.cache.bucket import Bucket
-from klingflow.cache.claims import ClaimBoard, Lease, Owner, ResultReady, WaitNotice
+from klingflow.cache.claims import ClaimBoard, Lease, Owner, ResultReady, Unclaimed, WaitNotice
 from klingflow.cache.local import Cache
 from klingflow.cache.location import remote_settings
 from klingflow.cache.probe import probe_store
@@ -88,11 +88,14 @@ async def test_read_only_writes_nothing(s3, tmp_path) -> None:
     start = len(s3.server.requests)
 
     ci = machine(s3, tmp_path, "ci", read_only=True)
-    status = await ci.remote.probe()
+    await ci.remote.probe()
     assert (await ci.remote.fetch(shared.key, ci.local)).hit
-    own = make_result(ci.local, tmp_path / "files", 2)
-    assert (await ci.remote.push(own, ci.local)).skipped == "the remote cache is read-only here"
-    assert not status.claims
+    async with board(ci).claim(result_key(2), step="new", serve=ci.remote.fetcher(
+            result_key(2), ci.local)) as got:
+        assert got == Unclaimed(result_key(2))  # nobody has it: work on it, unclaimed
+        own = make_result(ci.local, tmp_path / "files", 2)
+        pushed = await ci.remote.push(own, ci.local)
+    assert pushed.skipped == "the remote cache is read-only here"
 
     seen = s3.server.requests_to(s3.name, since=start)
     assert seen and {r.method for r in seen} <= {"GET", "HEAD"}

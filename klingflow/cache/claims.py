@@ -184,6 +184,16 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Unclaimed:
+    """Read-only: nobody (alive) holds the key, and this machine may not claim it: it
+    works on the step without a claim. `previous`: a stale holder's state, if any, to
+    re-attach to its task as a taker would."""
+
+    key: str
+    previous: ClaimState | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Waiting:
     """Another machine holds the key and is alive, as far as this machine can tell."""
 
@@ -197,9 +207,11 @@ class ClaimBoard:
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
                  rng: random.Random | None = None,
-                 first_poll: float = FIRST_POLL, max_poll: float = MAX_POLL) -> None:
+                 first_poll: float = FIRST_POLL, max_poll: float = MAX_POLL,
+                 read_only: bool = False) -> None:
         self.bucket = bucket
         self.owner = owner
+        self.read_only = read_only  # wait for other machines' claims, never write one
         self.ttl = ttl
         self.clock = clock
         self.sleep = sleep
@@ -210,13 +222,14 @@ class ClaimBoard:
     @asynccontextmanager
     async def claim(self, key: str, *, step: str | None, serve: Callable[[], Awaitable[_S]],
                     on_wait: Callable[[WaitNotice], None] | None = None,
-                    max_wait: float | None = None) -> AsyncIterator[Lease | ResultReady[_S]]:
+                    max_wait: float | None = None,
+                    ) -> AsyncIterator[Lease | ResultReady[_S] | Unclaimed]:
         """Hold `key` (renewed in the background) for the body, or learn that another
         machine made its result meanwhile. `serve()` tries to serve the result from
         the remote (RemoteCache.fetch); it runs before acquiring would pay."""
         got = await self.acquire(key, step=step, serve=serve, on_wait=on_wait,
                                  max_wait=max_wait)
-        if isinstance(got, ResultReady):
+        if not isinstance(got, Lease):
             yield got
             return
         try:
@@ -235,9 +248,10 @@ class ClaimBoard:
 
     async def acquire(self, key: str, *, step: str | None, serve: Callable[[], Awaitable[_S]],
                       on_wait: Callable[[WaitNotice], None] | None = None,
-                      max_wait: float | None = None) -> Lease | ResultReady[_S]:
-        """A lease on `key`, or the result another machine made; waits meanwhile."""
-        created = await self._create(key, step, serve)
+                      max_wait: float | None = None) -> Lease | ResultReady[_S] | Unclaimed:
+        """A lease on `key`, or the result another machine made; waits meanwhile.
+        Read-only, Unclaimed when no live machine holds the key."""
+        created = None if self.read_only else await self._create(key, step, serve)
         if created is not None:
             return created
         watch = Watch(self, key, step, serve)
@@ -312,11 +326,13 @@ class Watch(Generic[_S]):
         self.seen: Version | None = None
         self.seen_at = 0.0
 
-    async def poll(self) -> Lease | ResultReady[_S] | Waiting:
+    async def poll(self) -> Lease | ResultReady[_S] | Unclaimed | Waiting:
         served = await self.serve()
         if served.hit:
             return ResultReady(self.key, served)
         blob = await self.board.bucket.read(claim_path(self.key))
+        if blob is None and self.board.read_only:
+            return Unclaimed(self.key)
         if blob is None:  # released without a result (it failed): this machine tries
             created = await self.board._create(self.key, self.step, self.serve)
             return Waiting(None) if created is None else created
@@ -327,6 +343,8 @@ class Watch(Generic[_S]):
             return Waiting(holder)
         if now - self.seen_at < self.board.ttl:
             return Waiting(holder)
+        if self.board.read_only:
+            return Unclaimed(self.key, holder)
         lease = await self.board._take_over(self.key, self.step, blob.version, holder)
         if lease is None:
             self.seen = None  # look again, and start the TTL afresh from what is there now

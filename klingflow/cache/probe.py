@@ -21,7 +21,9 @@ _OFF = ("claims across machines are off, so two machines may pay for the same st
 
 @dataclass(frozen=True, slots=True)
 class RemoteStatus:
-    """`claims`: shared claims work here. `message`: what the run should say when not."""
+    """`claims`: use the remote's claim board for every step this machine would pay
+    for (read-only, the board only waits for other machines' claims).
+    `message`: what the run should tell the user, if anything."""
 
     claims: bool
     message: str | None = None
@@ -33,9 +35,10 @@ async def probe_store(bucket: Bucket, *, read_only: bool,
     `scratch` names the test object (default: a random name under claims/)."""
     if read_only:
         await bucket.stat("ac/.probe")  # reachable, and the credentials may read
-        return RemoteStatus(False, f"remote cache {bucket.where} is read-only here: results "
-                                   "are read from it, nothing is written to it, and no claims "
-                                   "are shared with other machines")
+        return RemoteStatus(True, f"remote cache {bucket.where} is read-only here: results "
+                                  "are read from it and nothing is written to it; steps that "
+                                  "other machines have claimed are waited for, but this "
+                                  "machine claims none")
     path = scratch or f"claims/.probe-{secrets.token_hex(8)}"
     try:
         missing = await _missing_condition(bucket, path)

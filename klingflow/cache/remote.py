@@ -86,8 +86,9 @@ class RemoteCache:
         return await probe_store(self.bucket, read_only=self.read_only)
 
     def claims(self, owner: Owner, *, ttl: float = TTL) -> ClaimBoard:
-        """The claim board for this remote, once a probe said claims work here."""
-        return ClaimBoard(self.bucket, owner=owner, ttl=ttl)
+        """The claim board for this remote, once a probe said claims work here. A
+        read-only machine's board waits for other machines' claims but writes none."""
+        return ClaimBoard(self.bucket, owner=owner, ttl=ttl, read_only=self.read_only)
 
     def fetcher(self, key: str, local: Cache) -> Callable[[], Awaitable[FetchResult]]:
         """`fetch(key, local)` as a call without arguments, for ClaimBoard.claim."""
