@@ -302,8 +302,8 @@ class ClaimBoard:
 
     async def _take_over(self, key: str, step: str | None, stale: Version,
                          holder: ClaimState | None) -> Lease | None:
-        base = holder or ClaimState(key, self.owner, step=step)
-        state = replace(base, owner=self.owner, beat=0)
+        base = holder or ClaimState(key, self.owner)
+        state = replace(base, owner=self.owner, beat=0, step=step)  # the task carries on
         version = await self.bucket.replace(claim_path(key), state.encode(), stale)
         if version is None:
             return None  # another taker won, or the holder came back to life
