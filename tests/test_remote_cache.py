@@ -65,6 +65,15 @@ async def test_the_layout_is_files_by_hash_and_records_by_key(store, tmp_path) -
                       "request": dict(entry.request)}
 
 
+async def test_what_the_remote_holds_can_be_asked_without_downloading(store, tmp_path) -> None:
+    local = Cache(tmp_path / ".klingflow")
+    entry = make_result(local, tmp_path / "files", 1)
+    remote = remote_on(store)
+    assert not await remote.holds(entry.key)
+    await remote.push(entry, local)
+    assert await remote_on(store, read_only=True).holds(entry.key)
+
+
 async def test_a_key_the_remote_lacks_is_a_plain_miss(store, tmp_path) -> None:
     fetched = await remote_on(store).fetch("0" * 64, Cache(tmp_path / ".klingflow"))
     assert (fetched.hit, fetched.entry, fetched.problem, fetched.downloaded) == (False, None,

@@ -96,6 +96,12 @@ class RemoteCache:
 
     # ---- fetch --------------------------------------------------------------------------
 
+    async def holds(self, key: str) -> bool:
+        """Whether the remote has a record for `key` (one HEAD; its files are not checked:
+        for `plan`, which only says what a run would do)."""
+        _check_key(key)
+        return await self.bucket.stat(record_path(key)) is not None
+
     async def fetch(self, key: str, local: Cache) -> FetchResult:
         """Serve `key` from the remote into `local`, or say why not."""
         _check_key(key)
