@@ -153,3 +153,27 @@ _CATEGORIES: dict[type, str] = {
     ServerError: "server_error",
     TransportError: "transport",
 }
+
+
+# ---- the remote cache (object storage shared by machines) -----------------------
+
+
+class RemoteCacheError(KlingflowError):
+    """The remote cache cannot be used as configured, or a request to it failed.
+
+    `where` is the store's URL as the user gave it, minus anything secret (a URL
+    holding a credential is refused before it is ever used).
+    """
+
+    def __init__(self, where: str, message: str) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"remote cache {where}: {message}" if where else message)
+
+
+class ConditionalWriteUnsupportedError(RemoteCacheError):
+    """The store refuses (or cannot do) a create-only or compare-and-swap write."""
+
+
+class ClaimLostError(RemoteCacheError):
+    """Another machine took over this machine's claim: it must not submit the request."""
