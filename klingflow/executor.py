@@ -81,6 +81,8 @@ class StepResult:
     error_category: str | None = None
     error: str | None = None
     queued_at: float | None = None
+    ready_at: float | None = None  # every step it needs is done: it waits for a slot
+    slot_at: float | None = None  # a slot was granted (the last time, after 429s)
     submitted_at: float | None = None
     finished_at: float | None = None
     credits: int = 0
@@ -326,6 +328,7 @@ class Executor:
     async def _run_when_ready(self, step: Step, result: StepResult) -> None:
         for need in step.needs:
             await self._done[need].wait()
+        result.ready_at = time.time()
         blocked = [n for n in step.needs if self.results[n].status not in (SUCCEEDED, CACHED)]
         if blocked:
             reason = f"needs {blocked[0]}, which {self.results[blocked[0]].status.replace('_', ' ')}"
@@ -491,6 +494,7 @@ class Executor:
             raise NotSubmitted
         alias = await self._slots.acquire(step.account, any_account=step.account is None,
                                           urgency=self._urgency[step.id])
+        self.results[step.id].slot_at = time.time()
         if self._stopping:
             self._slots.release(alias)
             raise NotSubmitted
