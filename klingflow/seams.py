@@ -1,0 +1,86 @@
+"""Seams: where one step's clip takes a frame of another, and how well they meet.
+
+A step chains from another when its `image` or `image_tail` is that step's
+`${steps.ID.last_frame}` or `${steps.ID.first_frame}`. The frame the child was
+made from and the child's own frame at that end should show the same picture; the
+mean absolute difference of the two (0-255 per pixel and channel) measures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from klingflow import media
+from klingflow.executor import CACHED, SUCCEEDED, StepResult
+from klingflow.spec.pipeline import Pipeline, Step, Template
+
+SEAM_WARNING = 8.0
+"""A seam whose frames differ by more than this (mean, 0-255) is shown with a warning:
+H.264 loss stays well under it, another picture goes well over it."""
+
+_CHILD_FRAME = {"image": "first_frame", "image_tail": "last_frame"}
+_WORKERS = 4  # PNG decoding releases the GIL: a few threads measure many seams faster
+
+
+@dataclass(frozen=True, slots=True)
+class Seam:
+    """`child`'s `child_frame` was made from `parent`'s `parent_frame`."""
+
+    parent: str
+    parent_frame: str  # first_frame | last_frame
+    child: str
+    child_frame: str  # first_frame (from `image`) | last_frame (from `image_tail`)
+
+    def to_json(self, difference: float | None) -> dict[str, object]:
+        return {"parent": self.parent, "parent_frame": self.parent_frame, "child": self.child,
+                "child_frame": self.child_frame,
+                "difference": None if difference is None else round(difference, 2)}
+
+
+def find_seams(pipeline: Pipeline) -> list[Seam]:
+    """Every chained pair of the pipeline, in step order."""
+    return [seam for step in pipeline.steps for seam in _seams_of(step)]
+
+
+def _seams_of(step: Step) -> list[Seam]:
+    seams: list[Seam] = []
+    for field, child_frame in _CHILD_FRAME.items():
+        value = step.params.get(field)
+        if not isinstance(value, Template):
+            continue
+        seams.extend(Seam(ref.name, str(ref.attr), step.id, child_frame) for ref in value.refs
+                     if ref.scope == "steps" and ref.attr in ("first_frame", "last_frame"))
+    return seams
+
+
+def continues(pipeline: Pipeline, child: str, parent: str) -> bool:
+    """Whether `child` starts from `parent`'s last frame: in a film where `child`
+    follows `parent`, that picture would be shown twice."""
+    wanted = Seam(parent, "last_frame", child, "first_frame")
+    return wanted in _seams_of(pipeline.step(child))
+
+
+def measure_seams(seams: Sequence[Seam],
+                  results: Mapping[str, StepResult]) -> list[dict[str, object]]:
+    """Each seam as report JSON, with the difference of its two frames (None when a
+    frame is missing: a step that failed or did not run)."""
+    with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="klingflow-seams") as pool:
+        differences = list(pool.map(lambda seam: _difference(seam, results), seams))
+    return [seam.to_json(diff) for seam, diff in zip(seams, differences, strict=True)]
+
+
+def _difference(seam: Seam, results: Mapping[str, StepResult]) -> float | None:
+    parent, child = results.get(seam.parent), results.get(seam.child)
+    if parent is None or child is None:
+        return None
+    if parent.status not in (SUCCEEDED, CACHED) or child.status not in (SUCCEEDED, CACHED):
+        return None
+    first, second = parent.outputs.get(seam.parent_frame), child.outputs.get(seam.child_frame)
+    if first is None or second is None:
+        return None
+    try:
+        return media.frame_difference(first.path, second.path)
+    except media.MediaError:
+        return None
