@@ -1,8 +1,9 @@
 """Films: each declared output made from its steps' clips once the steps are done.
 
 An output whose parts all succeeded (paid, cached or restored) is written to
-`RUN_DIR/outputs/NAME.mp4` by `media.concat`, the seam picture of each part that
-starts from the previous part's last frame shown once. An output missing a part is
+`RUN_DIR/outputs/NAME.mp4` by `media.concat`. Where two parts meet on one picture
+(the later starts from the earlier's last frame, or the earlier was made to end on
+the later's first frame) that picture is shown once. An output missing a part is
 incomplete and names the steps it misses. Films are cached by content, like steps:
 the same clips joined the same way are restored from the cache, never encoded again.
 """

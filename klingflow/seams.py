@@ -55,11 +55,13 @@ def _seams_of(step: Step) -> list[Seam]:
     return seams
 
 
-def continues(pipeline: Pipeline, child: str, parent: str) -> bool:
-    """Whether `child` starts from `parent`'s last frame: in a film where `child`
-    follows `parent`, that picture would be shown twice."""
-    wanted = Seam(parent, "last_frame", child, "first_frame")
-    return wanted in _seams_of(pipeline.step(child))
+def continues(pipeline: Pipeline, later: str, earlier: str) -> bool:
+    """Whether, in a film where `later` follows `earlier`, the picture where they meet
+    repeats: `later` starts from `earlier`'s last frame, or `earlier` was made to end
+    on `later`'s first frame (its image_tail)."""
+    return (Seam(earlier, "last_frame", later, "first_frame") in _seams_of(pipeline.step(later))
+            or Seam(later, "first_frame", earlier, "last_frame")
+            in _seams_of(pipeline.step(earlier)))
 
 
 def measure_seams(seams: Sequence[Seam],

@@ -176,7 +176,8 @@ def test_seams_are_found_through_image_and_image_tail(tmp_path: Path) -> None:
                                     Seam("c", "first_frame", "d", "last_frame")]
     assert continues(pipeline, "b", "a")
     assert not continues(pipeline, "a", "b")
-    assert not continues(pipeline, "d", "c")  # d ends on c: nothing repeats where d meets c
+    assert not continues(pipeline, "d", "c")  # d ends on c: nothing repeats after c
+    assert continues(pipeline, "c", "d")  # ... but c after d starts on d's last picture
 
 
 def test_seams_are_measured_where_both_frames_exist(
