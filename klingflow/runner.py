@@ -25,9 +25,11 @@ from klingflow.errors import UsageError
 from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions, StepResult
 from klingflow.journal import Journal, JournalState
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
+from klingflow.outputs import make_outputs
 from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.progress import make_progress
 from klingflow.report import RunInfo, build_report, write_report
+from klingflow.report.html import write_html
 from klingflow.rundir import latest_run_dir, new_run_id
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
@@ -146,11 +148,14 @@ async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
         interrupted = await _run_until_interrupted(executor)
     progress.close()
     journal.close()
+    films = await make_outputs(pipeline, executor.results, run_dir=run_dir, cache=cache,
+                               interrupted=interrupted)
     status, error = _run_status(executor, interrupted)
     info = RunInfo(run_id=run_dir.name, run_dir=run_dir, backend=backend.name, status=status,
                    error=error, started_at=started, finished_at=time.time())
-    report = build_report(pipeline, executor.results, info)
+    report = build_report(pipeline, executor.results, info, plan=plan, films=films)
     write_report(report, run_dir)
+    write_html(report, run_dir)
     _update_lock(pipeline, plan, backend.name, cache, executor.results)
     return report
 
