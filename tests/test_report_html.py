@@ -154,8 +154,8 @@ def test_films_play_and_an_incomplete_one_says_what_is_missing(run_dir: Path) ->
     assert "10.0 s · 239 frames · joined without re-encoding" in page
     assert ('<li class="seam" title="climb: succeeded (continues the part before: its first '
             'frame is shown once)"><a href="#step-climb">climb</a></li>') in page
-    assert ('<figure class="film incomplete" id="film-cut"><div class="nofile">missing '
-            '<a href="#step-bad">bad</a>, <a href="#step-after">after</a></div>') in page
+    assert ('<figure class="film incomplete" id="film-cut"><div class="nofile"><span>missing '
+            '<a href="#step-bad">bad</a>, <a href="#step-after">after</a></span></div>') in page
     assert ('<p class="alert">film cut is incomplete: missing <a href="#step-bad">bad</a>, '
             '<a href="#step-after">after</a></p>') in page
 
@@ -181,8 +181,8 @@ def test_a_file_that_is_not_there_is_never_linked(run_dir: Path) -> None:
     page = render_html(_report(), run_dir)
 
     assert 'src="climb.last.png"' not in page
-    assert '<div class="nofile">no last frame</div>' in _card(page, "climb")
-    assert '<div class="nofile">the film file is missing</div>' in page
+    assert '<div class="nofile"><span>no last frame</span></div>' in _card(page, "climb")
+    assert '<div class="nofile"><span>the film file is missing</span></div>' in page
     for src in re.findall(r'(?:src|poster|href)="([^"#][^"]*)"', page):
         assert src.startswith("data:") or (run_dir / src).is_file(), src
 
@@ -261,3 +261,13 @@ def test_the_page_is_written_beside_the_report(run_dir: Path) -> None:
 
     assert path == run_dir / "report.html"
     assert path.read_text(encoding="utf-8") == render_html(_report(), run_dir)
+
+
+def test_a_step_never_given_a_slot_is_shown_apart(run_dir: Path) -> None:
+    report = _report()
+    report["steps"][3]["account"] = None  # after: skipped before it asked for a slot
+
+    page = render_html(report, run_dir)
+
+    lanes = re.findall(r'<div class="lane"><h3>(.*?) <small>', page)
+    assert lanes == ["main", "(never given a slot)"]

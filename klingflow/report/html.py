@@ -161,7 +161,8 @@ class _Page:
     def picture(self, step_id: str, attr: str, caption: str) -> str:
         src = self.output_url(step_id, attr)
         if src is None:
-            inner = f'<div class="nofile">no {escape(_FRAME_NAMES.get(attr, attr))}</div>'
+            name = escape(_FRAME_NAMES.get(attr, attr))
+            inner = f'<div class="nofile"><span>no {name}</span></div>'
         else:
             inner = (f'<img class="thumb" loading="lazy" decoding="async" src="{src}" '
                      f'alt="{escape(step_id)}: {escape(_FRAME_NAMES.get(attr, attr))}">')
@@ -177,8 +178,9 @@ class _Page:
     def film(self, name: str, output: Mapping[str, Any]) -> str:
         src = self.url(output.get("path")) if output["status"] == "ready" else None
         if src is None:
-            shown = f'<div class="nofile">{_why_incomplete(output)}</div>' \
-                if output["status"] != "ready" else '<div class="nofile">the film file is missing</div>'
+            why = _why_incomplete(output) if output["status"] != "ready" \
+                else "the film file is missing"
+            shown = f'<div class="nofile"><span>{why}</span></div>'
         else:
             poster = self.output_url(output["concat"][0], "first_frame")
             poster_attr = f' poster="{poster}"' if poster else ""

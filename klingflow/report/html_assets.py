@@ -27,7 +27,7 @@ a { color: var(--cached); }
 .badge.failed, .badge.aborted, .badge.incomplete { background: var(--fail); }
 .badge.skipped, .badge.not_run, .badge.interrupted { background: var(--skip); }
 .alert { margin: 10px 0 0; padding: 8px 12px; border-radius: 6px; background: #fdecea;
-         border: 1px solid #f5c2c0; color: #7a1c1c; }
+         border: 1px solid #f5c2c0; color: #7a1c1c; overflow-wrap: anywhere; }
 .alert a { color: #7a1c1c; font-weight: 600; }
 .films { display: grid; grid-template-columns: repeat(auto-fill, minmax(420px, 1fr)); gap: 16px; }
 .film { margin: 0; background: var(--card); border: 1px solid var(--line); border-radius: 8px;
@@ -38,7 +38,8 @@ a { color: var(--cached); }
 .film figcaption strong { color: var(--ink); }
 .parts { margin: 4px 0 0; padding: 0; list-style: none; display: flex; flex-wrap: wrap; gap: 4px; }
 .parts li { padding: 0 6px; border-radius: 4px; background: #eef1f5; font-size: 12px; }
-.parts li.missing { background: var(--fail); color: #fff; }
+.parts li.missing { background: var(--fail); }
+.parts li.missing a { color: #fff; }
 .parts li.seam::before { content: "\\2194 "; }
 .thumb { display: block; width: 100%; aspect-ratio: 16 / 9; object-fit: contain;
          background: #111; border-radius: 4px; }
@@ -78,7 +79,7 @@ a { color: var(--cached); }
 .card dt { color: var(--muted); }
 .card dd { margin: 0; word-break: break-word; }
 .card .error { margin: 8px 0 0; padding: 6px 8px; border-radius: 4px; background: #fdecea;
-               color: #7a1c1c; font-weight: 600; }
+               color: #7a1c1c; font-weight: 600; overflow-wrap: anywhere; }
 .card.skipped .error, .card.not_run .error, .card.interrupted .error { background: #fff1c2;
                color: #5c4600; }
 .gantt { background: var(--card); border: 1px solid var(--line); border-radius: 8px; padding: 10px; }

@@ -20,7 +20,8 @@ _MARKS = (("queued", "queued_at"), ("waiting", "ready_at"), ("submitting", "slot
 _LABELS = {"queued": "waiting for the steps it needs", "waiting": "waiting for a slot",
            "submitting": "uploading and submitting", "running": "generating and downloading"}
 _TICK_STEPS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
-NO_ACCOUNT = "(no account)"
+DEFAULT_ACCOUNT = "(the default account)"  # a pipeline without `accounts`
+NOT_RUN = "(never given a slot)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +60,17 @@ def render_timeline(steps: Sequence[Mapping[str, Any]], run_start: float | None,
     scale = _Scale(start, max(end - start, 1e-3))
     lanes: dict[str, list[tuple[Mapping[str, Any], list[Span]]]] = defaultdict(list)
     for step, found in rows:
-        lanes[step.get("account") or NO_ACCOUNT].append((step, found))
-    body = "".join(_lane(name, lane, scale) for name, lane in sorted(lanes.items()))
+        lanes[_lane_name(step)].append((step, found))
+    order = sorted(lanes, key=lambda name: (name == NOT_RUN, name))
+    body = "".join(_lane(name, lanes[name], scale) for name in order)
     return f'<div class="gantt">{_legend()}{_axis(scale)}{body}</div>'
+
+
+def _lane_name(step: Mapping[str, Any]) -> str:
+    if step.get("account"):
+        return str(step["account"])
+    ran = step.get("slot_at") or step.get("submitted_at")
+    return DEFAULT_ACCOUNT if ran or step.get("status") == "cached" else NOT_RUN
 
 
 @dataclass(frozen=True, slots=True)
