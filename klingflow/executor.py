@@ -494,7 +494,7 @@ class Executor:
             raise NotSubmitted
         alias = await self._slots.acquire(step.account, any_account=step.account is None,
                                           urgency=self._urgency[step.id])
-        self.results[step.id].slot_at = time.time()
+        self.results[step.id].slot_at, self.results[step.id].account = time.time(), alias
         if self._stopping:
             self._slots.release(alias)
             raise NotSubmitted
