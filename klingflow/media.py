@@ -627,11 +627,11 @@ def concat(parts: Sequence[ConcatPart], out: Path, *, reencode: bool = False) ->
     plan = None if reencode else _copy_plan(sources, drops)
     audio = any(source.audio for source in sources)
     with _create_mp4(out, options=_FILM_OPTIONS) as container:
-        video = _PacketCopier(container, sources[0].path) if plan is not None else \
-            _FrameEncoder(container, sources)
+        video: _PacketCopier | _FrameEncoder = _PacketCopier(container, plan) \
+            if plan is not None else _FrameEncoder(container, sources, drops)
         track = _Soundtrack(container, _audio_rate(sources)) if audio else None
         for index, source in enumerate(sources):
-            span = video.append(plan[index] if plan is not None else source, drops[index])
+            span = video.append(index)  # each part's pictures, then its sound: interleaved
             if track is not None:
                 track.append(source, span)
         video.close()
@@ -690,16 +690,18 @@ def _copy_plan(sources: Sequence[_Source], drops: Sequence[bool]) -> list[_CopyP
 class _PacketCopier:
     """The film's video as the parts' own packets, one part after another."""
 
-    def __init__(self, container: av.container.OutputContainer, template: Path) -> None:
+    def __init__(self, container: av.container.OutputContainer,
+                 plan: Sequence[_CopyPart]) -> None:
         self._container = container
-        with _open_video(template) as (_, stream):
+        self._plan = plan
+        with _open_video(plan[0].path) as (_, stream):
             self._stream = container.add_stream_from_template(stream)
             self._time_base = stream.time_base or Fraction(1, 90000)
         self._end = 0
 
-    def append(self, part: _Source | _CopyPart, drop_last: bool) -> _Span:
-        assert isinstance(part, _CopyPart)
-        start = self._end
+    def append(self, index: int) -> _Span:
+        """Copy part `index`'s planned packets; where its pictures landed."""
+        part, start = self._plan[index], self._end
         with _open_video(part.path) as (container, stream):
             packets = (p for p in container.demux(stream)
                        if p.size and p.pts is not None and p.dts is not None)
@@ -770,8 +772,9 @@ class _FrameEncoder:
     """The film's video encoded once: each part fitted into one size, at one rate."""
 
     def __init__(self, container: av.container.OutputContainer,
-                 sources: Sequence[_Source]) -> None:
+                 sources: Sequence[_Source], drops: Sequence[bool]) -> None:
         self._container = container
+        self._sources, self._drops = sources, drops
         self._size = _film_size(sources)
         self._rate = max(source.rate for source in sources)
         gop = 2 * max(1, round(self._rate))
@@ -779,11 +782,12 @@ class _FrameEncoder:
                                  preset="veryfast", crf=18)
         self._slot = 0
 
-    def append(self, part: _Source | _CopyPart, drop_last: bool) -> _Span:
-        assert isinstance(part, _Source)
-        keep = part.frames - 1 if drop_last and part.frames > 1 else part.frames
+    def append(self, index: int) -> _Span:
+        """Decode, fit and encode part `index` (less its last frame at a seam)."""
+        part = self._sources[index]
+        keep = part.frames - 1 if self._drops[index] and part.frames > 1 else part.frames
         length = max(1, round(keep * self._rate / part.rate))
-        start, origin = self._slot, 0.0
+        start = self._slot
         with _open_video(part.path) as (container, stream):
             decoded = itertools.islice(container.decode(stream), keep)
             first = next(decoded, None)
