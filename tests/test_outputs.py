@@ -192,3 +192,23 @@ def test_seams_are_measured_where_both_frames_exist(
     assert measured[1]["difference"] is None  # d was skipped
     assert missing[0] == {"parent": "a", "parent_frame": "last_frame", "child": "b",
                           "child_frame": "first_frame", "difference": None}
+
+
+def test_a_measured_seam_is_kept_for_the_next_run(
+        tmp_path: Path, results: dict[str, StepResult], monkeypatch: pytest.MonkeyPatch) -> None:
+    seams = find_seams(_pipeline(tmp_path / "p", {}))
+    memo = tmp_path / "cache" / "seams"
+
+    first = measure_seams(seams, results, memo=memo)
+
+    kept = memo / (f"{results['a'].outputs['last_frame'].sha256}-"
+                   f"{results['b'].outputs['first_frame'].sha256}")
+    assert float(kept.read_text(encoding="utf-8")) == pytest.approx(first[0]["difference"],
+                                                                    abs=0.005)
+    assert len(list(memo.iterdir())) == 1  # the unmeasured seam is not kept
+
+    def no_decoding(*args: object) -> float:
+        raise AssertionError("a seam was measured again")
+
+    monkeypatch.setattr(media, "frame_difference", no_decoding)
+    assert measure_seams(seams, results, memo=memo) == first

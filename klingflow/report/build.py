@@ -84,13 +84,14 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
 
 
 def build_report(pipeline: Pipeline, results: Mapping[str, StepResult], info: RunInfo, *,
-                 plan: Plan | None = None,
-                 films: Mapping[str, FilmResult] | None = None) -> dict[str, Any]:
+                 plan: Plan | None = None, films: Mapping[str, FilmResult] | None = None,
+                 seam_memo: Path | None = None) -> dict[str, Any]:
     """The report document; valid against `schemas/report.schema.json`.
 
     `plan` adds each step's request (kind, model, mode, duration, prompt, needs);
     `films` are the outputs as `klingflow.outputs.make_outputs` made them. A run
-    whose steps all succeeded but whose film could not be made has failed.
+    whose steps all succeeded but whose film could not be made has failed. Seams are
+    measured from the frames, each difference kept in `seam_memo` for the next run.
     """
     planned = {s.id: s for s in plan.steps} if plan is not None else {}
     outputs = {name: film.to_json(info.run_dir) for name, film in (films or {}).items()} \
@@ -104,7 +105,7 @@ def build_report(pipeline: Pipeline, results: Mapping[str, StepResult], info: Ru
         "started_at": _iso(info.started_at), "finished_at": _iso(info.finished_at),
         "steps": [_step_json(r, planned.get(sid), info.run_dir) for sid, r in results.items()],
         "outputs": outputs,
-        "seams": measure_seams(find_seams(pipeline), results),
+        "seams": measure_seams(find_seams(pipeline), results, memo=seam_memo),
         "totals": _totals(results),
     }
     jsonschema.validate(report, load_schema("report"))
