@@ -153,7 +153,8 @@ async def _run(pipeline: Pipeline, plan: Plan, backend: Backend, run_dir: Path,
     status, error = _run_status(executor, interrupted)
     info = RunInfo(run_id=run_dir.name, run_dir=run_dir, backend=backend.name, status=status,
                    error=error, started_at=started, finished_at=time.time())
-    report = build_report(pipeline, executor.results, info, plan=plan, films=films)
+    report = build_report(pipeline, executor.results, info, plan=plan, films=films,
+                          seam_memo=cache.root / "seams")
     write_report(report, run_dir)
     write_html(report, run_dir)
     _update_lock(pipeline, plan, backend.name, cache, executor.results)
