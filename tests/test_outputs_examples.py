@@ -5,6 +5,11 @@ the film incomplete, the exit code 1 and the page saying why."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +18,7 @@ import numpy as np
 import pytest
 
 from klingflow.spec import load_pipeline
-from tests.conftest import EXAMPLE_FILES
+from tests.conftest import EXAMPLE_FILES, ROOT
 from tests.runhelpers import (
     copy_examples,
     frames_step,
@@ -144,3 +149,45 @@ def test_a_failed_part_leaves_the_film_incomplete(isolated: Path,
             in page)
     assert '<article class="card failed problem" id="step-bad">' in page
     assert "[moderation] " in page
+
+
+def _journal_has_submitted(runs: Path) -> bool:
+    return any('"event": "submitted"' in journal.read_text(encoding="utf-8")
+               for journal in runs.glob("*/*/journal.jsonl"))
+
+
+def test_an_interrupted_run_writes_its_page_and_resume_makes_the_film(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_pipeline(isolated / "p", "stopped", [
+        frames_step("one", "a long shot"),
+        frames_step("two", "what follows", image="${steps.one.last_frame}")])
+    path.write_text(path.read_text(encoding="utf-8") + "outputs:\n  film: {concat: [one, two]}\n",
+                    encoding="utf-8")
+    runs = isolated / "runs"
+    env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "klingflow", "run", str(path), "--sim", "--out", str(runs)],
+        cwd=isolated, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not _journal_has_submitted(runs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, out + err
+    run_dir = only_run_dir(runs, "stopped")
+    film = read_report(run_dir)["outputs"]["film"]
+    assert (film["status"], film["path"]) == ("incomplete", None)
+    assert film["missing"] == ["one", "two"]  # one was running (2 s) when Ctrl-C came
+    assert "film film is incomplete" in (run_dir / "report.html").read_text(encoding="utf-8")
+
+    code, out, err = run_cli(["run", str(path), "--sim", *FAST, "--out", str(runs),
+                              "--resume"], capsys)
+    assert code == 0, out + err
+    film = read_report(run_dir)["outputs"]["film"]
+    assert (film["status"], film["frames"]) == ("ready", 72 + 72 - 1)
+    assert (run_dir / "outputs" / "film.mp4").is_file()
