@@ -212,3 +212,21 @@ def test_a_measured_seam_is_kept_for_the_next_run(
 
     monkeypatch.setattr(media, "frame_difference", no_decoding)
     assert measure_seams(seams, results, memo=memo) == first
+
+
+def test_parts_of_different_sizes_make_one_re_encoded_film(
+        tmp_path: Path, results: dict[str, StepResult]) -> None:
+    """A std clip (smaller) beside a pro clip (larger): one film at the larger size."""
+    pipeline = _pipeline(tmp_path / "p", {"film": ["a", "c"]})
+    large = tmp_path / "c.mp4"
+    media.render_clip(large, start=Image.new("RGB", (640, 384), (40, 200, 40)), end=None,
+                      duration=1, size=(640, 384))
+    mixed = dict(results, c=StepResult("c", status=SUCCEEDED,
+                                       outputs={"video": OutputFile(large, sha256_file(large))}))
+
+    film = make_output(pipeline.outputs["film"], pipeline, mixed, tmp_path / "run",
+                       Cache(tmp_path / "cache"))
+
+    assert (film.status, film.method, film.frames) == ("ready", "reencode", 48)
+    info = media.probe(tmp_path / "run" / "outputs" / "film.mp4")
+    assert (info.width, info.height, info.frames) == (640, 384, 48)
