@@ -84,6 +84,7 @@ class StepResult:
     ready_at: float | None = None  # every step it needs is done: it waits for a slot
     slot_at: float | None = None  # a slot was granted (the last time, after 429s)
     submitted_at: float | None = None
+    final_at: float | None = None  # its task was final and its slot freed; downloading follows
     finished_at: float | None = None
     credits: int = 0
     key: str | None = None
@@ -434,6 +435,7 @@ class Executor:
             task = await self._wait_final(step, task, email)
         finally:
             self._slots.release(alias)
+            result.final_at = time.time()
         if task.failed:
             category = "moderation" if "violate" in task.error.lower() else "generation_failed"
             raise StepFailed(category, f"task {task.id} failed: "
