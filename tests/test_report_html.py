@@ -55,7 +55,7 @@ def _report(**changes: Any) -> dict[str, Any]:
         "steps": [
             _step("launch"),
             _step("climb", needs=["launch"], ready_at=_at(4), slot_at=_at(6),
-                  submitted_at=_at(6.5), finished_at=_at(10), credits=35),
+                  submitted_at=_at(6.5), final_at=_at(9), finished_at=_at(10), credits=35),
             _step("bad", "failed", task_id=None, prompt="a <forbidden> scene & more",
                   submitted_at=None, finished_at=_at(2), credits=0,
                   error_category="moderation", error=MODERATION),
@@ -222,7 +222,23 @@ def test_the_timeline_shows_waits_for_a_slot_per_account(run_dir: Path) -> None:
     assert ('<i class="waiting" style="left:32.000%;width:16.000%" '
             'title="waiting for a slot: 2.0 s"></i>') in climb_row.group(0)
     assert [s.phase for s in spans(_report()["steps"][1])] == [
-        "queued", "waiting", "submitting", "running"]
+        "queued", "waiting", "submitting", "running", "collecting"]
+    bad_row = re.search(r'<div class="row"><a href="#step-bad".*?</div></div>', page)
+    assert bad_row and '<i class="submitting failed"' in bad_row.group(0)  # refused at POST
+
+
+def test_a_clip_downloading_holds_no_slot(run_dir: Path) -> None:
+    """One slot: b gets it when a's task is final, while a's clip is still downloading."""
+    steps = [_step("a", slot_at=_at(0), submitted_at=_at(0.5), final_at=_at(3),
+                   finished_at=_at(5)),
+             _step("b", ready_at=_at(1), slot_at=_at(3), submitted_at=_at(3.5),
+                   final_at=_at(6), finished_at=_at(7))]
+    page = render_html(_report(steps=steps, outputs={}, seams=[]), run_dir)
+
+    assert ("<h3>main <small>2 steps; at most 1 in flight; 2.0 s waiting for a slot in all"
+            "</small></h3>") in page
+    assert ('<i class="collecting" style="left:24.000%;width:16.000%" '
+            'title="downloading, frames: 2.0 s"></i>') in page
 
 
 def test_a_step_restored_from_the_cache_is_not_shown_waiting_for_a_slot() -> None:

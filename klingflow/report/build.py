@@ -53,7 +53,7 @@ def _step_json(result: StepResult, planned: PlannedStep | None,
         "error_category": result.error_category, "error": result.error,
         "queued_at": _iso(result.queued_at), "ready_at": _iso(result.ready_at),
         "slot_at": _iso(result.slot_at), "submitted_at": _iso(result.submitted_at),
-        "finished_at": _iso(result.finished_at), "credits": result.credits,
+        "final_at": _iso(result.final_at), "finished_at": _iso(result.finished_at), "credits": result.credits,
         "key": result.key, "outputs": outputs,
     }
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 STYLE = """
 :root { --ok: #1f7a3d; --cached: #2d6cdf; --fail: #c62828; --skip: #8a6d00; --idle: #777;
         --bg: #f6f7f9; --card: #fff; --line: #d9dce1; --ink: #1b1e23; --muted: #5c6370;
-        --wait: #f0a500; --queue: #c9ced6; --submit: #8fb3f0; --run: #2d6cdf; }
+        --wait: #f0a500; --queue: #c9ced6; --submit: #8fb3f0; --run: #2d6cdf;
+        --collect: #5aa7a7; }
 * { box-sizing: border-box; }
 body { margin: 0; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif;
        color: var(--ink); background: var(--bg); }
@@ -99,8 +100,9 @@ a { color: var(--cached); }
                   #ffd36b 4px, #ffd36b 8px); }
 .track .submitting { background: var(--submit); }
 .track .running { background: var(--run); }
-.track .running.failed { background: var(--fail); }
-.track .running.cached { background: var(--ok); }
+.track .collecting { background: var(--collect); }
+.track .failed { background: var(--fail); }
+.track .cached { background: var(--ok); }
 .axis { display: grid; grid-template-columns: 160px 1fr; font-size: 11px; color: var(--muted); }
 .axis .ticks { position: relative; height: 14px; }
 .axis .ticks span { position: absolute; transform: translateX(-50%); }

@@ -1,9 +1,11 @@
-"""The run as a Gantt chart per account: queued, waiting for a slot, submitting, running.
+"""The run as a Gantt chart per account: queued, waiting for a slot, submitting,
+running, downloading.
 
 Each step's row is cut at the moments the report records: `queued_at` (the run
 started it), `ready_at` (every step it needs was done), `slot_at` (its account
-had room), `submitted_at` (the task existed) and `finished_at`. Reports written
-before `ready_at`/`slot_at` existed show what they have.
+had room), `submitted_at` (the task existed), `final_at` (the task was final and
+its slot free) and `finished_at`. Reports written before the later marks existed
+show what they have.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from html import escape
 from typing import Any
 
 _MARKS = (("queued", "queued_at"), ("waiting", "ready_at"), ("submitting", "slot_at"),
-          ("running", "submitted_at"))
+          ("running", "submitted_at"), ("collecting", "final_at"))
 _LABELS = {"queued": "waiting for the steps it needs", "waiting": "waiting for a slot",
-           "submitting": "uploading and submitting", "running": "generating and downloading"}
+           "submitting": "uploading and submitting", "running": "generating",
+           "collecting": "downloading, frames"}
+_IN_FLIGHT = ("submitting", "running")  # the phases that hold an account's slot
 _TICK_STEPS = (0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400)
 DEFAULT_ACCOUNT = "(the default account)"  # a pipeline without `accounts`
 NOT_RUN = "(never given a slot)"
@@ -26,7 +30,7 @@ NOT_RUN = "(never given a slot)"
 
 @dataclass(frozen=True, slots=True)
 class Span:
-    phase: str  # queued | waiting | submitting | running
+    phase: str  # queued | waiting | submitting | running | collecting
     start: float
     end: float
 
@@ -84,7 +88,8 @@ class _Scale:
 
 def _legend() -> str:
     colours = {"queued": "var(--queue)", "waiting": "var(--wait)",
-               "submitting": "var(--submit)", "running": "var(--run)"}
+               "submitting": "var(--submit)", "running": "var(--run)",
+               "collecting": "var(--collect)"}
     items = "".join(f'<span style="--c:{colours[p]}">{escape(_LABELS[p])}</span>'
                     for p in colours)
     extra = ('<span style="--c:var(--ok)">restored from the cache</span>'
@@ -114,7 +119,7 @@ def _lane(account: str, lane: list[tuple[Mapping[str, Any], list[Span]]],
     lane = sorted(lane, key=lambda row: row[1][0].start if row[1] else float("inf"))
     waited = sum(s.end - s.start for _, found in lane for s in found if s.phase == "waiting")
     peak = peak_overlap((s.start, s.end) for _, found in lane for s in found
-                        if s.phase in ("submitting", "running") and s.end > s.start)
+                        if s.phase in _IN_FLIGHT and s.end > s.start)
     count = len(lane)
     head = (f'<h3>{escape(account)} <small>{count} step{"s" if count != 1 else ""}; '
             f'at most {peak} in flight; {waited:.1f} s waiting for a slot in all</small></h3>')
@@ -124,15 +129,18 @@ def _lane(account: str, lane: list[tuple[Mapping[str, Any], list[Span]]],
 def _row(step: Mapping[str, Any], found: list[Span], scale: _Scale) -> str:
     sid = escape(str(step["id"]))
     status = str(step.get("status", ""))
-    bars = "".join(_bar(span, status, scale) for span in found)
+    ending = status if status in ("failed", "cached") else ""
+    bars = "".join(_bar(span, ending if i == len(found) - 1 else "", scale)
+                   for i, span in enumerate(found))
     return (f'<div class="row"><a href="#step-{sid}" title="{sid}: {escape(status)}">{sid}</a>'
             f'<div class="track">{bars}</div></div>')
 
 
-def _bar(span: Span, status: str, scale: _Scale) -> str:
+def _bar(span: Span, ending: str, scale: _Scale) -> str:
+    """One phase; `ending` (failed, cached) colours the step's last phase."""
     left = scale.percent(span.start)
     width = max(scale.percent(span.end) - left, 0.15)
-    extra = f" {status}" if span.phase == "running" and status in ("failed", "cached") else ""
+    extra = f" {ending}" if ending else ""
     label = f"{_LABELS[span.phase]}: {span.end - span.start:.1f} s"
     return (f'<i class="{span.phase}{extra}" style="left:{left:.3f}%;width:{width:.3f}%" '
             f'title="{escape(label)}"></i>')
