@@ -149,6 +149,9 @@ def test_the_review_page_loads_everything_in_a_real_browser(run_dir: Path, brows
     assert count("return document.querySelectorAll('.film.incomplete').length") == 1
     assert count("return document.querySelectorAll('#timeline .row').length") == 5
     assert count("return document.querySelectorAll('#timeline .track .waiting').length") >= 1
+    lanes = count("return [...document.querySelectorAll('#timeline .lane h3')]"
+                  ".map((h) => h.textContent)")
+    assert lanes[0].startswith("main 4 steps; at most 1 in flight; "), lanes  # max_jobs 1
 
     browser.find_element("css selector", "[data-filter=problems]").click()
     shown = count("return [...document.querySelectorAll('article.card')]"
