@@ -110,6 +110,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.from_environment(sim=sim, run=run)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from klingflow.report import format_report
+    from klingflow.report.html import write_html
+    from klingflow.report.load import find_run_dir, load_report
+
+    run_dir = Path(args.run_dir) if args.run_dir else find_run_dir(Path(args.out))
+    report = load_report(run_dir)
+    page = write_html(report, run_dir) if args.format == "html" or args.open else None
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    elif args.format == "html":
+        print(page)
+    else:
+        print(format_report({**report, "run_dir": str(run_dir)}))
+    if page is not None and args.open:
+        import webbrowser
+
+        if not webbrowser.open(page.resolve().as_uri()):
+            print(f"klingflow: no browser could be opened; the page is {page}", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_sim_serve(args: argparse.Namespace) -> int:
     from klingflow.sim.server import serve
 
@@ -158,6 +180,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_lock)
 
     _add_run_parser(sub)
+    _add_report_parser(sub)
     _add_sim_parser(sub)
     return parser
 
@@ -190,6 +213,24 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sim.add_argument("--sim-speed", type=float, default=1.0, metavar="X",
                      help="make simulated tasks finish X times faster")
     p.set_defaults(func=_cmd_run)
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("report", help="show a finished run again: text, JSON or the review page")
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR",
+                   help="a run directory (default: the latest run under --out, any pipeline)")
+    p.add_argument("--out", default="runs", metavar="DIR",
+                   help="where run directories are: DIR/NAME/RUN-ID (default: runs)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--text", dest="format", action="store_const", const="text",
+                       help="the summary `run` prints (the default)")
+    shown.add_argument("--json", dest="format", action="store_const", const="json",
+                       help="print report.json")
+    shown.add_argument("--html", dest="format", action="store_const", const="html",
+                       help="render RUN_DIR/report.html again and print its path")
+    p.add_argument("--open", action="store_true",
+                   help="render the review page and open it in the browser")
+    p.set_defaults(func=_cmd_report, format="text")
 
 
 def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

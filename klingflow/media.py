@@ -7,6 +7,7 @@ file is a `MediaError` naming the file; no raw `av` exception leaves this module
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections import deque
@@ -14,20 +15,24 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TypeVar
 
 import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
-from PIL import Image, ImageOps
+from PIL import Image, ImageChops, ImageOps, ImageStat
 
 from klingflow.errors import KlingflowError
 
 _T = TypeVar("_T")
+_P = TypeVar("_P")
 
 __all__ = [
     "MOTIONS",
+    "ConcatPart",
+    "ConcatResult",
     "FrameResult",
     "MediaError",
     "VideoInfo",
@@ -35,6 +40,7 @@ __all__ = [
     "extract_first_frame",
     "extract_last_frame",
     "fit_image",
+    "frame_difference",
     "probe",
     "render_clip",
 ]
@@ -195,14 +201,42 @@ _AVCOL_BT709 = 1
 
 
 @contextmanager
-def _create_mp4(out: Path) -> Iterator[av.container.OutputContainer]:
+def _create_mp4(
+    out: Path, *, options: dict[str, str] | None = None
+) -> Iterator[av.container.OutputContainer]:
     """An MP4 open for writing; failing to write it is a `MediaError` naming it."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with av.open(str(out), mode="w", format="mp4") as container:
+        with av.open(str(out), mode="w", format="mp4", options=options or {}) as container:
             yield container
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(out, f"cannot write video: {_reason(exc)}") from exc
+
+
+def _add_h264(
+    container: av.container.OutputContainer,
+    *,
+    size: tuple[int, int],
+    fps: int | Fraction,
+    gop: int,
+    preset: str,
+    crf: int,
+) -> av.video.stream.VideoStream:
+    """An H.264 yuv420p stream tagged BT.709 limited, added to `container`."""
+    stream = container.add_stream("libx264", rate=fps)
+    stream.width, stream.height = size
+    stream.pix_fmt = "yuv420p"
+    ctx = stream.codec_context
+    ctx.gop_size = gop
+    ctx.thread_count = 0
+    ctx.colorspace = ctx.color_primaries = ctx.color_trc = _AVCOL_BT709
+    ctx.color_range = _RENDER_RANGE
+    stream.options = {
+        "preset": preset,
+        "crf": str(crf),
+        "x264-params": f"keyint={gop}:scenecut=0",
+    }
+    return stream
 
 
 @contextmanager
@@ -211,20 +245,7 @@ def _writer(
 ) -> Iterator[tuple[av.container.OutputContainer, av.video.stream.VideoStream]]:
     """An MP4 with one H.264 yuv420p stream tagged BT.709 limited, closed on exit."""
     with _create_mp4(out) as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = size
-        stream.pix_fmt = "yuv420p"
-        ctx = stream.codec_context
-        ctx.gop_size = gop
-        ctx.thread_count = 0
-        ctx.colorspace = ctx.color_primaries = ctx.color_trc = _AVCOL_BT709
-        ctx.color_range = _RENDER_RANGE
-        stream.options = {
-            "preset": preset,
-            "crf": str(crf),
-            "x264-params": f"keyint={gop}:scenecut=0",
-        }
-        yield container, stream
+        yield container, _add_h264(container, size=size, fps=fps, gop=gop, preset=preset, crf=crf)
 
 
 _Planes = tuple[Image.Image, Image.Image, Image.Image]
@@ -528,71 +549,265 @@ def extract_last_frame(video: Path, out_png: Path) -> FrameResult:
 
 
 # ---- concatenation ------------------------------------------------------------------
+#
+# A film is its parts one after the other. Where a part continues the one before it
+# (it was generated from that part's last frame), the picture at the seam is shown
+# once: the earlier part's last frame is left out. That copy, not the later part's
+# first frame, goes, because the last packet of a stream is one no other frame
+# references, so it can be left out of a stream copy; a first frame is a keyframe the
+# rest of its clip is decoded from. The picture is the same either way.
 
 
-def _signature(video: Path) -> tuple[object, ...]:
-    """What must match for clips to be joined without re-encoding."""
-    with _open_video(video) as (_, stream):
+@dataclass(frozen=True, slots=True)
+class ConcatPart:
+    """A clip of a film. `continues`: its first frame repeats the previous part's last
+    frame (it was generated from it), so the film shows that picture once."""
+
+    path: Path
+    continues: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConcatResult:
+    info: VideoInfo  # the film, probed
+    copied: bool  # True: every packet copied as it was; False: one re-encode
+    audio: bool  # the film has a sound track (silence under parts without one)
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """What concat needs to know of one part, read once."""
+
+    path: Path
+    signature: tuple[object, ...]  # what must match for packets to be copied
+    size: tuple[int, int]
+    rate: Fraction
+    frames: int
+    audio: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _CopyPart:
+    """One part in a stream copy: its first `count` packets (in decode order), shifted."""
+
+    path: Path
+    count: int
+    shift: int  # ticks added to each packet's pts and dts
+    origin: float  # the part's own time (s) of its first frame
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """Where a part's pictures land in the film, in seconds of film, and their own time."""
+
+    start: float
+    length: float
+    origin: float  # the part's own time of the first of them
+
+
+_FILM_OPTIONS = {"movflags": "+faststart"}  # the index first: a browser plays it at once
+_AUDIO_FRAME = 1024  # samples per AAC frame
+
+
+def concat(parts: Sequence[ConcatPart], out: Path, *, reencode: bool = False) -> ConcatResult:
+    """Join clips into one MP4, the repeated picture of each seam shown once.
+
+    Packets are copied when every part's video stream matches (codec, size, pixel
+    format, rate, time base, codec set-up) and each seam frame can be left out;
+    otherwise (or with `reencode`) the video is encoded once, every part fitted into
+    the largest part's size (aspect kept, black bars where needed) at the highest
+    frame rate. When any part has sound the film has a sound track, rebuilt
+    sample-exact under each part's pictures, silent under parts without sound.
+    """
+    if not parts:
+        raise ValueError("concat needs at least one video")
+    sources = [_source(part.path) for part in parts]
+    drops = [index + 1 < len(parts) and parts[index + 1].continues
+             for index in range(len(parts))]  # part i loses its last frame
+    plan = None if reencode else _copy_plan(sources, drops)
+    audio = any(source.audio for source in sources)
+    with _create_mp4(out, options=_FILM_OPTIONS) as container:
+        video: _PacketCopier | _FrameEncoder = _PacketCopier(container, plan) \
+            if plan is not None else _FrameEncoder(container, sources, drops)
+        track = _Soundtrack(container, _audio_rate(sources)) if audio else None
+        for index, source in enumerate(sources):
+            span = video.append(index)  # each part's pictures, then its sound: interleaved
+            if track is not None:
+                track.append(source, span)
+        video.close()
+        if track is not None:
+            track.close()
+    return ConcatResult(probe(out), copied=plan is not None, audio=audio)
+
+
+def _source(path: Path) -> _Source:
+    with _open_video(path) as (container, stream):
         ctx = stream.codec_context
-        return (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, stream.time_base, ctx.extradata)
+        rate = stream.average_rate or stream.guessed_rate or Fraction(24)
+        frames = stream.frames or _count_frames(container, stream)
+        signature = (ctx.name, ctx.width, ctx.height, ctx.pix_fmt, stream.time_base, rate,
+                     ctx.extradata)
+        return _Source(path, signature, (ctx.width, ctx.height), Fraction(rate), frames,
+                       bool(container.streams.audio))
 
 
-def _copy_packets(
-    video: Path,
-    output: av.container.OutputContainer,
-    out_stream: av.video.stream.VideoStream,
-    offset: int,
-) -> int:
-    """Append `video`'s packets shifted by `offset` ticks; return the offset after it."""
-    with _open_video(video) as (container, stream):
-        timed = [
-            (p, p.pts, p.dts)
-            for p in container.demux(stream)
-            if p.pts is not None and p.dts is not None
-        ]
-        if not timed:
-            raise MediaError(video, "has no video packets")
-        first = min(pts for _, pts, _ in timed)
-        end = max(pts + (packet.duration or 0) for packet, pts, _ in timed)
-        for packet, pts, dts in timed:
-            packet.pts, packet.dts = pts + offset - first, dts + offset - first
-            packet.stream = out_stream
-            output.mux(packet)
-        return offset + end - first
+# ---- stream copy --------------------------------------------------------------------
 
 
-def _remux(videos: Sequence[Path], out: Path) -> None:
-    with _create_mp4(out) as output:
-        with _open_video(videos[0]) as (_, template):
-            out_stream = output.add_stream_from_template(template)
-        offset = 0
-        for video in videos:
-            offset = _copy_packets(video, output, out_stream, offset)
+def _packet_times(path: Path, rate: Fraction) -> tuple[list[tuple[int, int, int]], Fraction]:
+    """(pts, dts, duration) of each video packet in decode order, and the time base."""
+    with _open_video(path) as (container, stream):
+        time_base = stream.time_base or Fraction(1, 90000)
+        tick = max(1, round(1 / (rate * time_base)))
+        times = [(p.pts, p.dts, p.duration or tick) for p in container.demux(stream)
+                 if p.size and p.pts is not None and p.dts is not None]
+    if not times:
+        raise MediaError(path, "has no video packets")
+    return times, time_base
 
 
-def _reencode(videos: Sequence[Path], out: Path, *, size: tuple[int, int], fps: int) -> None:
-    """Decode every clip, fit it to `size` and encode one stream at `fps`, clip after clip."""
-    with _writer(out, size=size, fps=fps, gop=2 * fps, preset="veryfast", crf=18) as (
-        container,
-        stream,
-    ):
-        base = 0
-        for video in videos:
-            with _open_video(video) as (source, source_stream):
-                length = round(_duration(source, source_stream) * fps)
-                timed = (
-                    (float(frame.time or 0.0), _to_planes(fit_image(_to_image(frame), size)))
-                    for frame in source.decode(source_stream)
-                )
-                for pts, planes in _retimed(timed, base, length, fps):
-                    container.mux(stream.encode(_video_frame(planes, pts)))
-            base += length
-        _flush(container, stream)
+def _copy_plan(sources: Sequence[_Source], drops: Sequence[bool]) -> list[_CopyPart] | None:
+    """How to copy every part's packets, or None when a copy cannot make the film."""
+    if any(source.signature != sources[0].signature for source in sources):
+        return None
+    plan, offset, last_dts = [], 0, None
+    for source, drop in zip(sources, drops, strict=True):
+        times, time_base = _packet_times(source.path, source.rate)
+        if drop:
+            if len(times) < 2 or times[-1][0] != max(pts for pts, _, _ in times):
+                return None  # the last frame shown is referenced by others (B-frames)
+            times = times[:-1]
+        first = min(pts for pts, _, _ in times)
+        shift = offset - first
+        if last_dts is not None and min(dts for _, dts, _ in times) + shift <= last_dts:
+            return None  # decode times would run backwards at the join
+        last_dts = max(dts for _, dts, _ in times) + shift
+        plan.append(_CopyPart(source.path, len(times), shift, float(first * time_base)))
+        offset += max(pts + duration for pts, _, duration in times) - first
+    return plan
+
+
+class _PacketCopier:
+    """The film's video as the parts' own packets, one part after another."""
+
+    def __init__(self, container: av.container.OutputContainer,
+                 plan: Sequence[_CopyPart]) -> None:
+        self._container = container
+        self._plan = plan
+        with _open_video(plan[0].path) as (_, stream):
+            self._stream = container.add_stream_from_template(stream)
+            self._time_base = stream.time_base or Fraction(1, 90000)
+        self._end = 0
+
+    def append(self, index: int) -> _Span:
+        """Copy part `index`'s planned packets; where its pictures landed."""
+        part, start = self._plan[index], self._end
+        with _open_video(part.path) as (container, stream):
+            packets = (p for p in container.demux(stream)
+                       if p.size and p.pts is not None and p.dts is not None)
+            for packet in itertools.islice(packets, part.count):
+                assert packet.pts is not None and packet.dts is not None
+                packet.pts += part.shift
+                packet.dts += part.shift
+                self._end = max(self._end, packet.pts + (packet.duration or 0))
+                packet.stream = self._stream
+                self._container.mux(packet)
+        return _Span(float(start * self._time_base), float((self._end - start) * self._time_base),
+                     part.origin)
+
+    def close(self) -> None:
+        pass
+
+
+# ---- one re-encode ------------------------------------------------------------------
+
+
+def _film_size(sources: Sequence[_Source]) -> tuple[int, int]:
+    """The largest part's size (by area, then width), made even for yuv420p."""
+    width, height = max((source.size for source in sources), key=lambda s: (s[0] * s[1], s[0]))
+    return width - width % 2, height - height % 2
+
+
+def _inner_size(size: tuple[int, int], box: tuple[int, int]) -> tuple[int, int]:
+    """`size` scaled to fit inside `box` with its aspect kept, in even pixels."""
+    scale = min(box[0] / size[0], box[1] / size[1])
+    width = min(box[0], max(2, round(size[0] * scale / 2) * 2))
+    height = min(box[1], max(2, round(size[1] * scale / 2) * 2))
+    return width, height
+
+
+_Yuv = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _conformed(frame: av.VideoFrame, box: tuple[int, int]) -> _Yuv:
+    """The frame in the film's colour (BT.709 limited), fitted into `box`, black bars around."""
+    width, height = _inner_size((frame.width, frame.height), box)
+    yuv = frame.reformat(width=width, height=height, format="yuv420p",
+                         src_colorspace=_matrix(frame), dst_colorspace=_RENDER_COLORSPACE,
+                         src_color_range=_range(frame), dst_color_range=_RENDER_RANGE,
+                         interpolation="BILINEAR")
+    y, u, v = _plane_arrays(yuv)
+    if (width, height) == box:
+        return np.ascontiguousarray(y), np.ascontiguousarray(u), np.ascontiguousarray(v)
+    left, top = (box[0] - width) // 4 * 2, (box[1] - height) // 4 * 2
+    return (_placed(y, box, left, top, _BLACK[0]),
+            _placed(u, (box[0] // 2, box[1] // 2), left // 2, top // 2, _BLACK[1]),
+            _placed(v, (box[0] // 2, box[1] // 2), left // 2, top // 2, _BLACK[2]))
+
+
+def _placed(plane: np.ndarray, box: tuple[int, int], left: int, top: int, fill: int) -> np.ndarray:
+    canvas = np.full((box[1], box[0]), fill, dtype=np.uint8)
+    canvas[top:top + plane.shape[0], left:left + plane.shape[1]] = plane
+    return canvas
+
+
+def _yuv_frame(planes: _Yuv, pts: int) -> av.VideoFrame:
+    flat = np.concatenate([plane.reshape(-1) for plane in planes])
+    frame = av.VideoFrame.from_ndarray(flat.reshape(-1, planes[0].shape[1]), format="yuv420p")
+    frame.pts = pts
+    return frame
+
+
+class _FrameEncoder:
+    """The film's video encoded once: each part fitted into one size, at one rate."""
+
+    def __init__(self, container: av.container.OutputContainer,
+                 sources: Sequence[_Source], drops: Sequence[bool]) -> None:
+        self._container = container
+        self._sources, self._drops = sources, drops
+        self._size = _film_size(sources)
+        self._rate = max(source.rate for source in sources)
+        gop = 2 * max(1, round(self._rate))
+        self._stream = _add_h264(container, size=self._size, fps=self._rate, gop=gop,
+                                 preset="veryfast", crf=18)
+        self._slot = 0
+
+    def append(self, index: int) -> _Span:
+        """Decode, fit and encode part `index` (less its last frame at a seam)."""
+        part = self._sources[index]
+        keep = part.frames - 1 if self._drops[index] and part.frames > 1 else part.frames
+        length = max(1, round(keep * self._rate / part.rate))
+        start = self._slot
+        with _open_video(part.path) as (container, stream):
+            decoded = itertools.islice(container.decode(stream), keep)
+            first = next(decoded, None)
+            if first is None:
+                raise MediaError(part.path, "no frame could be decoded")
+            origin = float(first.time or 0.0)
+            timed = ((float(frame.time or 0.0) - origin, _conformed(frame, self._size))
+                     for frame in itertools.chain((first,), decoded))
+            for pts, planes in _retimed(timed, start, length, self._rate):
+                self._container.mux(self._stream.encode(_yuv_frame(planes, pts)))
+        self._slot = start + length
+        return _Span(float(start / self._rate), float(length / self._rate), origin)
+
+    def close(self) -> None:
+        _flush(self._container, self._stream)
 
 
 def _retimed(
-    timed: Iterable[tuple[float, _Planes]], base: int, length: int, fps: int
-) -> Iterator[tuple[int, _Planes]]:
+    timed: Iterable[tuple[float, _P]], base: int, length: int, fps: Fraction | int
+) -> Iterator[tuple[int, _P]]:
     """Fill the output slots base..base+length-1, each with the latest frame shown by then.
 
     A slower source has its frames repeated, a faster one has frames dropped.
@@ -609,15 +824,95 @@ def _retimed(
         slot += 1
 
 
-def concat(videos: Sequence[Path], out: Path) -> VideoInfo:
-    """Join clips into one MP4: packets copied when every stream matches, else re-encoded."""
-    if not videos:
-        raise ValueError("concat needs at least one video")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    signatures = [_signature(video) for video in videos]
-    if all(signature == signatures[0] for signature in signatures):
-        _remux(videos, out)
-    else:
-        first = probe(videos[0])
-        _reencode(videos, out, size=(first.width, first.height), fps=round(first.fps) or 24)
-    return probe(out)
+# ---- the sound track ----------------------------------------------------------------
+
+
+def _audio_rate(sources: Sequence[_Source]) -> int:
+    """The sample rate of the first part with sound: the film's."""
+    for source in sources:
+        if source.audio:
+            with _open_video(source.path) as (container, _):
+                return int(container.streams.audio[0].rate or 48000)
+    return 48000
+
+
+class _Soundtrack:
+    """AAC stereo under the whole film, each part's sound placed under its pictures."""
+
+    def __init__(self, container: av.container.OutputContainer, rate: int) -> None:
+        self._container = container
+        self._rate = rate
+        self._stream = container.add_stream("aac", rate=rate, layout="stereo")
+        self._pending = np.zeros((2, 0), dtype=np.float32)
+        self._written = 0  # samples handed to the encoder
+
+    def append(self, source: _Source, span: _Span) -> None:
+        begin = round(span.start * self._rate)
+        count = round((span.start + span.length) * self._rate) - begin
+        if source.audio:
+            samples = _fitted(_sound_of(source.path, span.origin, self._rate), count)
+        else:
+            samples = np.zeros((2, count), dtype=np.float32)
+        self._pending = np.concatenate([self._pending, samples], axis=1)
+        while self._pending.shape[1] >= _AUDIO_FRAME:
+            self._encode(self._pending[:, :_AUDIO_FRAME])
+            self._pending = self._pending[:, _AUDIO_FRAME:]
+
+    def _encode(self, samples: np.ndarray) -> None:
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp",
+                                           layout="stereo")
+        frame.sample_rate = self._rate
+        frame.pts = self._written
+        self._written += samples.shape[1]
+        self._container.mux(self._stream.encode(frame))
+
+    def close(self) -> None:
+        if self._pending.shape[1]:
+            self._encode(self._pending)
+        self._container.mux(self._stream.encode(None))
+
+
+def _sound_of(path: Path, origin: float, rate: int) -> np.ndarray:
+    """A part's sound as stereo float samples at `rate`, sample 0 at its time `origin`
+    (silence first if its sound starts later; cut if it starts earlier)."""
+    resampler = av.AudioResampler(format="fltp", layout="stereo", rate=rate)
+    chunks: list[np.ndarray] = []
+    lead: int | None = None
+    with _open_video(path) as (container, _):
+        for frame in container.decode(container.streams.audio[0]):
+            if lead is None:
+                lead = round((float(frame.time or 0.0) - origin) * rate)
+            chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
+        chunks.extend(out.to_ndarray() for out in resampler.resample(None))
+    sound = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), dtype=np.float32)
+    if lead and lead > 0:
+        return np.concatenate([np.zeros((2, lead), dtype=np.float32), sound], axis=1)
+    return sound[:, -lead:] if lead else sound
+
+
+def _fitted(samples: np.ndarray, count: int) -> np.ndarray:
+    """Exactly `count` samples: cut, or made up with silence."""
+    if samples.shape[1] >= count:
+        return samples[:, :count].astype(np.float32, copy=False)
+    tail = np.zeros((2, count - samples.shape[1]), dtype=np.float32)
+    return np.concatenate([samples.astype(np.float32, copy=False), tail], axis=1)
+
+
+# ---- comparing pictures -------------------------------------------------------------
+
+
+def frame_difference(first: Path, second: Path) -> float:
+    """Mean absolute difference per pixel and channel (0-255) of two pictures.
+
+    Pictures of different sizes are compared at the smaller one's size.
+    """
+    try:
+        with Image.open(first) as a, Image.open(second) as b:
+            left, right = a.convert("RGB"), b.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise MediaError(first, f"cannot compare pictures: {_reason(exc)}") from exc
+    if left.size != right.size:
+        size = min(left.size, right.size, key=lambda s: s[0] * s[1])
+        left, right = (i.resize(size, Image.Resampling.BILINEAR) for i in (left, right))
+    means = ImageStat.Stat(ImageChops.difference(left, right)).mean  # per channel, in C
+    return float(sum(means) / len(means))

@@ -23,10 +23,14 @@ from klingflow.client import POOL_LIMITS, KlingClient
 from klingflow.errors import UsageError
 from klingflow.journal import Journal
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
+from klingflow.outputs import INCOMPLETE, FilmResult, make_outputs
+from klingflow.outputs import INTERRUPTED as NOT_MADE_INTERRUPTED
 from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.report import RunReport, RunStatus, write_report
+from klingflow.report.html import write_html
 from klingflow.run import Event, Executor, RunOptions, StepResult
 from klingflow.rundir import open_run_dir
+from klingflow.seams import find_seams, measure_seams
 from klingflow.settings import Settings
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
@@ -71,11 +75,18 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
         interrupted = await _run_until_interrupted(executor)
     finally:
         journal.close()
-    status, error = _run_status(executor, interrupted)
-    report = RunReport(pipeline=pipeline, run_id=run_dir.name, run_dir=run_dir,
+    films = await make_outputs(pipeline, executor.results, run_dir=run_dir, cache=cache,
+                               interrupted=interrupted)
+    seams = await anyio.to_thread.run_sync(lambda: measure_seams(
+        find_seams(pipeline), executor.results, memo=cache.root / "seams"))
+    status, error = _with_films(*_run_status(executor, interrupted), films)
+    report = RunReport(plan=plan, run_id=run_dir.name, run_dir=run_dir,
                        backend=settings.backend, status=status, error=error,
-                       started_at=started, finished_at=time.time(), results=executor.results)
-    write_report(report.to_json(), run_dir)
+                       started_at=started, finished_at=time.time(), results=executor.results,
+                       films=films, seams=seams)
+    document = report.to_json()
+    write_report(document, run_dir)
+    write_html(document, run_dir)
     _update_lock(plan, settings.backend, cache, executor.results)
     return report
 
@@ -168,6 +179,21 @@ def _run_status(executor: Executor, interrupted: bool) -> tuple[RunStatus, str |
         return RunStatus.INTERRUPTED, "interrupted by the user; continue with --resume"
     ok = all(r.status.done for r in executor.results.values())
     return (RunStatus.SUCCEEDED, None) if ok else (RunStatus.FAILED, None)
+
+
+def _with_films(status: RunStatus, error: str | None,
+                films: Mapping[str, FilmResult]) -> tuple[RunStatus, str | None]:
+    """A run whose steps all succeeded has failed if a film could not be made, and was
+    interrupted if Ctrl-C came while films were made."""
+    if status != RunStatus.SUCCEEDED:
+        return status, error
+    if any(film.error == NOT_MADE_INTERRUPTED for film in films.values()):
+        return RunStatus.INTERRUPTED, NOT_MADE_INTERRUPTED
+    broken = [(name, film.error) for name, film in films.items()
+              if film.status == INCOMPLETE and film.error]
+    if not broken:
+        return status, error
+    return RunStatus.FAILED, "; ".join(f"output {name}: {why}" for name, why in broken)
 
 
 def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, int]:

@@ -14,6 +14,7 @@ from PIL import Image
 from klingflow.errors import KlingflowError
 from klingflow.media import (
     MOTIONS,
+    ConcatPart,
     MediaError,
     concat,
     extract_first_frame,
@@ -354,20 +355,21 @@ def test_missing_file_and_no_video_stream(tmp_path: Path) -> None:
 
 
 def test_concat_of_two_clips_has_the_summed_duration(clips: Path, tmp_path: Path) -> None:
-    info = concat([clips / "five.mp4", clips / "ten.mp4"], tmp_path / "film.mp4")
+    info = concat([ConcatPart(clips / "five.mp4"), ConcatPart(clips / "ten.mp4")],
+                  tmp_path / "film.mp4").info
 
     assert info.duration == pytest.approx(15, abs=1e-3)
     assert info.frames == 360
     assert len(_frames(tmp_path / "film.mp4")) == 360
 
 
-def test_concat_of_different_sizes_re_encodes_to_the_first(
+def test_concat_of_different_sizes_re_encodes_to_the_largest(
     clips: Path, tmp_path: Path, start: Image.Image
 ) -> None:
     small = tmp_path / "small.mp4"
     render_clip(small, start=start, end=None, duration=2, size=(160, 96), fps=12)
 
-    info = concat([clips / "five.mp4", small], tmp_path / "film.mp4")
+    info = concat([ConcatPart(small), ConcatPart(clips / "five.mp4")], tmp_path / "film.mp4").info
 
     assert (info.width, info.height) == SIZE
     assert info.duration == pytest.approx(7, abs=0.05)

@@ -77,7 +77,8 @@ def test_a_wrong_token_stops_the_whole_run(isolated: Path, capsys: pytest.Captur
     expected = f"POST {sim.base_url}/assets/: HTTP 401: Unauthorized: check USEAPI_TOKEN"
     assert report["error"] == expected
     assert err.endswith(f"klingflow: run stopped: {expected}\n")
-    assert out.rstrip().endswith(f"report: {report['run_dir']}/report.json")
+    assert f"report: {report['run_dir']}/report.json\n" in out
+    assert out.rstrip().endswith(f"review: {report['run_dir']}/report.html")
     steps = steps_of(report)
     assert {s["status"] for s in steps.values()} <= {"failed", "not_run"}
     assert all(s["task_id"] is None for s in steps.values())

@@ -1,6 +1,6 @@
-"""The run report: built from the executor's results; written as report.json.
+"""The report document (report.json): a RunReport rendered as JSON data.
 
-The reporter never calls the API; it only presents what the executor returned.
+The reporter never calls the API; it only presents what the run computed.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from klingflow.files import write_atomically
+from klingflow.plan import PlannedStep
 from klingflow.report.model import RunReport
 from klingflow.run import StepResult, StepStatus
+from klingflow.spec.pipeline import Pipeline
 
 REPORT_FORMAT = 1
 
@@ -25,17 +27,29 @@ def _iso(moment: float | None) -> str | None:
     return dt.datetime.fromtimestamp(moment, dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _step_json(result: StepResult, run_dir: Path) -> dict[str, Any]:
+def _step_json(result: StepResult, planned: PlannedStep | None,
+               run_dir: Path) -> dict[str, Any]:
     outputs = {attr: {"path": str(out.path.relative_to(run_dir)), "sha256": out.sha256}
                for attr, out in result.outputs.items()}  # every output is in the run dir
     return {
-        "id": result.step_id, "status": str(result.status), "task_id": result.task_id,
-        "account": result.account, "attempts": result.attempts,
+        "id": result.step_id, **_request_json(planned), "status": str(result.status),
+        "task_id": result.task_id, "account": result.account, "attempts": result.attempts,
         "error_category": result.error_category, "error": result.error,
-        "queued_at": _iso(result.queued_at), "submitted_at": _iso(result.submitted_at),
-        "finished_at": _iso(result.finished_at), "credits": result.credits,
-        "key": result.key, "outputs": outputs,
+        "queued_at": _iso(result.queued_at), "ready_at": _iso(result.ready_at),
+        "slot_at": _iso(result.slot_at), "submitted_at": _iso(result.submitted_at),
+        "final_at": _iso(result.final_at), "finished_at": _iso(result.finished_at),
+        "credits": result.credits, "key": result.key, "outputs": outputs,
     }
+
+
+def _request_json(planned: PlannedStep | None) -> dict[str, Any]:
+    """What the step asked for, as the plan has it."""
+    if planned is None:
+        return {}
+    prompt = planned.body.get("prompt")
+    return {"kind": planned.kind, "model": planned.model, "mode": planned.mode,
+            "duration": planned.duration, "prompt": prompt if isinstance(prompt, str) else None,
+            "needs": list(planned.waits_for)}
 
 
 def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
@@ -45,7 +59,7 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
             by_account[r.account or "(default)"] += r.credits
     return {
         "steps": len(results),
-        "by_status": dict(Counter(r.status for r in results.values())),
+        "by_status": dict(Counter(str(r.status) for r in results.values())),
         "credits": sum(r.credits for r in results.values()),
         "credits_by_account": dict(by_account),
         "tasks_created": sum(1 for r in results.values()
@@ -53,27 +67,41 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
     }
 
 
+def _outputs(report: RunReport) -> dict[str, Any]:
+    if report.films:
+        return {name: film.to_json(report.run_dir) for name, film in report.films.items()}
+    return outputs_without_films(report.plan.pipeline, report.results)
+
+
+def outputs_without_films(pipeline: Pipeline,
+                          results: Mapping[str, StepResult]) -> dict[str, Any]:
+    done = {sid for sid, r in results.items() if r.status.done}
+    return {o.name: {"concat": list(o.concat),
+                     "status": "ready" if set(o.concat) <= done else "incomplete"}
+            for o in pipeline.outputs.values()}
+
+
 def report_document(report: RunReport) -> dict[str, Any]:
     """The report document; valid against `schemas/report.schema.json` (the tests check
     every report they read against it; a run does not pay for checking its own)."""
-    results = report.results
-    done = {sid for sid, r in results.items() if r.status.done}
-    document = {
+    planned = {s.id: s for s in report.plan.steps}
+    pipeline = report.plan.pipeline
+    return {
         "format": REPORT_FORMAT,
-        "pipeline": {"name": report.pipeline.name, "path": str(report.pipeline.path)},
+        "pipeline": {"name": pipeline.name, "path": str(pipeline.path)},
         "run_id": report.run_id, "run_dir": str(report.run_dir), "backend": report.backend,
         "status": str(report.status), "error": report.error,
         "started_at": _iso(report.started_at), "finished_at": _iso(report.finished_at),
-        "steps": [_step_json(r, report.run_dir) for r in results.values()],
-        "outputs": {o.name: {"concat": list(o.concat),
-                             "status": "ready" if set(o.concat) <= done else "incomplete"}
-                    for o in report.pipeline.outputs.values()},
-        "totals": _totals(results),
+        "steps": [_step_json(r, planned.get(sid), report.run_dir)
+                  for sid, r in report.results.items()],
+        "outputs": _outputs(report),
+        "seams": list(report.seams),
+        "totals": _totals(report.results),
     }
-    return document
 
 
 def write_report(document: Mapping[str, Any], run_dir: Path) -> Path:
     path = run_dir / "report.json"
     write_atomically(path, json.dumps(document, indent=2) + "\n")
     return path
+

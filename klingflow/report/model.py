@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from klingflow.errors import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_STEP_FAILED
+from klingflow.outputs import FilmResult
+from klingflow.plan import Plan
 from klingflow.run.results import StepResult
-from klingflow.spec.pipeline import Pipeline
 
 
 class RunStatus(StrEnum):
@@ -27,9 +28,10 @@ class RunStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RunReport:
-    """One invocation of a run: where it ran, how it ended, and each step's result."""
+    """One invocation of a run: where it ran, how it ended, each step's result, the films
+    made of them and the seams measured between chained clips."""
 
-    pipeline: Pipeline
+    plan: Plan
     run_id: str
     run_dir: Path
     backend: str
@@ -38,6 +40,8 @@ class RunReport:
     started_at: float
     finished_at: float
     results: Mapping[str, StepResult]
+    films: Mapping[str, FilmResult] = field(default_factory=dict)
+    seams: Sequence[Mapping[str, object]] = ()
 
     @property
     def exit_code(self) -> int:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+PAGE_NAME = "report.html"
+
 
 def format_report(report: Mapping[str, Any]) -> str:
-    """A short human summary: one line per step that did not simply succeed, then totals."""
+    """A short human summary: one line per step, the totals, then the films and the page."""
     lines = []
     for step in report["steps"]:
         detail = f" [{step['error_category']}] {step['error']}" if step["error"] else ""
@@ -17,4 +19,27 @@ def format_report(report: Mapping[str, Any]) -> str:
     counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(totals["by_status"].items()))
     lines.append(f"{report['pipeline']['name']}: {report['status']} ({counts}); "
                  f"{totals['credits']} credits spent; report: {report['run_dir']}/report.json")
+    lines.append(films_line(report))
     return "\n".join(lines)
+
+
+def films_line(report: Mapping[str, Any]) -> str:
+    """`film: RUN_DIR/outputs/film.mp4 (15.0 s)   review: RUN_DIR/report.html`."""
+    statuses = {s["id"]: s["status"] for s in report["steps"]}
+    films = [_film_text(name, output, report["run_dir"], statuses)
+             for name, output in report.get("outputs", {}).items()]
+    return "   ".join([*films, f"review: {report['run_dir']}/{PAGE_NAME}"])
+
+
+def _film_text(name: str, output: Mapping[str, Any], run_dir: str,
+               statuses: Mapping[str, str]) -> str:
+    if output["status"] == "ready" and output.get("path"):
+        duration = output.get("duration")
+        length = f" ({duration:.1f} s)" if duration is not None else ""
+        return f"{name}: {run_dir}/{output['path']}{length}"
+    missing = output.get("missing") or []
+    if missing:
+        why = ", ".join(f"{sid} ({statuses.get(sid, 'missing').replace('_', ' ')})"
+                        for sid in missing)
+        return f"{name}: incomplete, missing {why}"
+    return f"{name}: incomplete, {output.get('error') or 'not made'}"

@@ -166,6 +166,7 @@ class Executor:
         step = planned.step
         for need in step.needs:
             await self._done[need].wait()
+        result.ready_at = time.time()
         blocked = [n for n in step.needs if not self.results[n].status.done]
         if blocked:
             reason = f"needs {blocked[0]}, which {self.results[blocked[0]].status.replace('_', ' ')}"
@@ -263,6 +264,7 @@ class Executor:
                                                     expected=self._durations.expected(kind))
         finally:
             self._slots.release(alias)
+            result.final_at = time.time()
         if task.succeeded:
             self._durations.record(kind, time.time() - since)
         if task.failed:

@@ -52,7 +52,10 @@ class StepResult:
     error_category: str | None = None
     error: str | None = None
     queued_at: float | None = None
+    ready_at: float | None = None  # every step it needs is done: it waits for a slot
+    slot_at: float | None = None  # a slot was granted (the last time, after 429s)
     submitted_at: float | None = None
+    final_at: float | None = None  # its task was final and its slot freed; downloading follows
     finished_at: float | None = None
     credits: int = 0
     key: str | None = None

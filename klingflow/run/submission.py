@@ -98,7 +98,7 @@ class Submitter:
         busy = self._retrier.backoff(self._rate_limits)
         lost = self._retrier.backoff(self._lost_posts.but(attempts=step.retries + 1))
         while True:
-            alias = await self._acquire(step)
+            alias = await self._acquire(step, result)
             try:
                 outcome = await self._post(step, result, key, alias)
             except RateLimitedError as refused:
@@ -117,12 +117,13 @@ class Submitter:
                 raise StepFailed(outcome.category, f"gave up after {result.attempts} "
                                  f"attempts: {outcome}") from outcome
 
-    async def _acquire(self, step: Step) -> str | None:
+    async def _acquire(self, step: Step, result: StepResult) -> str | None:
         """A slot for a new submission, unless the run stops meanwhile."""
         if self._stopping():
             raise NotSubmitted
         alias = await self._slots.acquire(step.account, any_account=step.account is None,
                                           urgency=self._urgency[step.id])
+        result.slot_at, result.account = time.time(), alias
         if self._stopping():
             self._slots.release(alias)
             raise NotSubmitted

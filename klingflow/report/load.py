@@ -1,0 +1,56 @@
+"""Finished runs read back: the latest run directory, its report.json checked.
+
+`klingflow report` re-renders a run from these alone; nothing is run or fetched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from klingflow.errors import UsageError
+from klingflow.schema_files import load_schema
+
+REPORT_NAME = "report.json"
+
+
+def find_run_dir(runs_root: Path) -> Path:
+    """The newest run directory with a report under `runs_root` (RUNS/NAME/RUN-ID), of
+    any pipeline. Run ids start with their UTC start time, so they sort by it."""
+    found = [p.parent for p in runs_root.glob(f"*/*/{REPORT_NAME}")] if runs_root.is_dir() else []
+    if not found:
+        raise UsageError(f"no run found under {runs_root}/ (expected {runs_root}/NAME/RUN-ID/"
+                         f"{REPORT_NAME}): run a pipeline first, or name a run directory")
+    return max(found, key=lambda d: (d.name, (d / REPORT_NAME).stat().st_mtime))
+
+
+def load_report(run_dir: Path) -> dict[str, Any]:
+    """The run's report.json, checked against the report schema."""
+    path = run_dir / REPORT_NAME
+    if not run_dir.is_dir():
+        raise UsageError(f"{run_dir}: no such run directory")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{run_dir}: no {REPORT_NAME} there (a run writes it when it ends)") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot be read: {exc}") from exc
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from exc
+    _check(report, path)
+    return dict(report)
+
+
+def _check(report: Any, path: Path) -> None:
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(load_schema("report")).iter_errors(report))
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+        raise UsageError(f"{path}: not a klingflow run report: {where.lstrip('.') or '<document>'}"
+                         f": {error.message}")
