@@ -343,16 +343,19 @@ async def test_request_max_jobs_overrides_the_accounts_limit() -> None:
         assert (await s.stats())["accounts"]["a@example.com"]["peak_running"] == 3
 
 
-async def test_without_email_a_post_takes_a_free_account() -> None:
-    accounts = [("a@example.com", 1), ("b@example.com", 2), ("c@example.com", 1)]
-    async with sim(accounts=accounts) as s:
-        for n in range(4):
+async def test_email_may_be_left_out_only_with_one_account() -> None:
+    async with sim(accounts=[("a@example.com", 2)]) as s:
+        for n in range(2):
             assert (await s.frames(image=START, prompt=f"shot {n}")).status_code == 200
         refused = await s.frames(image=START, prompt="one too many")
         assert refused.status_code == 429
-        assert refused.json()["error"].startswith("All configured accounts are busy")
-        used = sorted(e["account"] for e in await s.ledger())
-        assert used == ["a@example.com", "b@example.com", "b@example.com", "c@example.com"]
+        assert [e["account"] for e in await s.ledger()] == ["a@example.com"] * 2
+    async with sim(accounts=[("a@example.com", 1), ("b@example.com", 2)]) as s:
+        refused = await s.frames(image=START, prompt="which account?")
+        assert refused.status_code == 400
+        assert refused.json() == {
+            "error": "email is required when more than one account is configured"}
+        assert await s.ledger() == []
 
 
 async def test_accounts_and_balance() -> None:

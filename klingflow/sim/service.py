@@ -97,7 +97,7 @@ class SimService:
         plan = self.state.plan
         if plan.hits("429", visit):
             raise self._busy(order)
-        account = self.state.account_for(order, visit)
+        account = self.state.account_for(order)
         if plan.hits("moderation", visit):
             raise replies.SimError(500, dict(replies.MODERATION))
         fault = self._post_fault(visit)

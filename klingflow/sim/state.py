@@ -181,20 +181,17 @@ class SimState:
             raise replies.account_unknown(email)
         return self.accounts[email]
 
-    def account_for(self, order: Order, visit: Visit) -> Account:
-        """The account a generation POST runs on; 429 when it (or every one) is full."""
-        now = self.now()
-        if order.email is not None:
-            account = self.account_named(order.email)
-            limit = order.max_jobs or account.max_jobs
-            if self.running(account, now) >= limit:
-                raise replies.busy(limit, account.email)
-            return account
-        free = [a for a in self.accounts.values()
-                if self.running(a, now) < (order.max_jobs or a.max_jobs)]
-        if not free:
-            raise replies.busy_everywhere()
-        return free[self.plan.pick("account", visit, len(free))]
+    def account_for(self, order: Order) -> Account:
+        """The account a generation POST runs on; 429 when it is full.
+
+        As the seed pages say, `email` may be left out only when one account is
+        configured, for a POST as for every other request (a poll without it is
+        refused too, so a task could not be followed)."""
+        account = self.account_named(order.email)
+        limit = order.max_jobs or account.max_jobs
+        if self.running(account, self.now()) >= limit:
+            raise replies.busy(limit, account.email)
+        return account
 
     # ---- tasks ---------------------------------------------------------------------
 
