@@ -106,7 +106,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     run = RunFlags(out=Path(args.out), max_jobs=args.max_jobs,
                    poll_interval=args.poll_interval, fail_fast=args.fail_fast,
                    budget=args.budget, force=tuple(args.force), force_all=args.force_all,
-                   resume=args.resume) if args.command == "run" else RunFlags()
+                   resume=args.resume, connect_timeout=args.connect_timeout) \
+        if args.command == "run" else RunFlags()
     return Settings.from_environment(sim=sim, run=run)
 
 
@@ -204,6 +205,9 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="regenerate STEP and what depends on it, even if cached")
     p.add_argument("--force-all", action="store_true", help="regenerate every step")
+    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to keep trying to reach the service before giving up, "
+                        "at the start of the run (default 60)")
     p.add_argument("--budget", type=int, metavar="CREDITS",
                    help="refuse any submit that would take the run past this many credits")
     sim = p.add_argument_group("simulator options (with --sim)")

@@ -28,18 +28,35 @@ class Submission:
     task_id: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """A task the run created: paid for, whatever became of it."""
+
+    step: str
+    credits: int | None  # the plan's price; None when it was unknown
+    invocation: str  # which `klingflow run` created it
+
+
 @dataclass(slots=True)
 class JournalState:
-    """What a journal says, replayed: uploads, submissions and finished steps."""
+    """What a journal says, replayed: whose run it is, uploads, submissions, the tasks
+    created (and so paid for) and finished steps."""
 
+    pipeline: str | None = None  # the first invocation's pipeline name,
+    pipeline_path: str | None = None  # its file,
+    backend: str | None = None  # and its backend
     uploads: dict[str, str] = field(default_factory=dict)  # sha256 -> asset URL
     submissions: dict[str, Submission] = field(default_factory=dict)
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> outcome event
     attempts: dict[str, int] = field(default_factory=dict)
+    tasks: dict[int, Charge] = field(default_factory=dict)  # task id -> its charge
+    invocation: str = ""  # the latest invocation's id
 
     def apply(self, event: Mapping[str, Any]) -> None:
         kind, step = event.get("event"), event.get("step", "")
-        if kind == "uploaded":
+        if kind == "run":
+            self._run(event)
+        elif kind == "uploaded":
             self.uploads[event["sha256"]] = event["url"]
         elif kind == "submitting":
             self.submissions[step] = Submission(event["key"], event["reply_ref"],
@@ -49,6 +66,9 @@ class JournalState:
             self.finished.pop(step, None)
         elif kind == "submitted" and step in self.submissions:
             self.submissions[step].task_id = event["task_id"]
+            if not event.get("reattached"):
+                self.tasks.setdefault(int(event["task_id"]), Charge(
+                    step, event.get("credits"), event.get("invocation", self.invocation)))
         elif kind == "failed" and event.get("unresolved"):
             pass  # the POST's outcome is still unknown: a resume recovers it first
         elif kind in ("succeeded", "failed", "cached"):
@@ -57,15 +77,28 @@ class JournalState:
                 self.submissions.pop(step, None)
 
 
+    def _run(self, event: Mapping[str, Any]) -> None:
+        self.pipeline = self.pipeline or event.get("pipeline")
+        self.pipeline_path = self.pipeline_path or event.get("path")
+        self.backend = self.backend or event.get("backend")
+        self.invocation = str(event.get("invocation") or "")
+
+    def charged(self, invocation: str | None = None) -> list[Charge]:
+        """The tasks created by one invocation (all of them with None)."""
+        return [c for c in self.tasks.values() if invocation in (None, c.invocation)]
+
+
 class Journal:
     """An append-only JSON-lines log; every line is on disk before `write` returns."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, invocation: str = "") -> None:
         self.path = path
+        self.invocation = invocation  # stamped on every line: which `klingflow run` wrote it
         self._handle = path.open("a", encoding="utf-8")
 
     def write(self, event: Mapping[str, Any]) -> None:
-        line = json.dumps({**event, "time": round(time.time(), 3)}, sort_keys=True)
+        stamp = {"invocation": self.invocation} if self.invocation else {}
+        line = json.dumps({**event, **stamp, "time": round(time.time(), 3)}, sort_keys=True)
         self._handle.write(line + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())

@@ -91,6 +91,10 @@ class Backoff:
         await self._sleep(delay)
         return delay
 
+    async def wait_for(self, delay: float) -> None:
+        """Sleep a delay `next_delay` gave (when something is said in between)."""
+        await self._sleep(delay)
+
 
 class Retrier:
     """Runs calls under policies, with one clock, sleep and random source."""

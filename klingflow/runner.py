@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -26,14 +27,17 @@ from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.outputs import INCOMPLETE, FilmResult, make_outputs
 from klingflow.outputs import INTERRUPTED as NOT_MADE_INTERRUPTED
 from klingflow.plan import Plan, build_plan, with_verdicts
+from klingflow.policy import Retrier
 from klingflow.report import RunReport, RunStatus, write_report
 from klingflow.report.html import write_html
 from klingflow.run import Event, Executor, RunOptions, StepResult
-from klingflow.rundir import open_run_dir
+from klingflow.run.accounting import charge
+from klingflow.run.preflight import service_accounts
+from klingflow.rundir import Owner, RunDirectory, open_run_dir
 from klingflow.seams import find_seams, measure_seams
 from klingflow.settings import Settings
 from klingflow.spec import load_pipeline
-from klingflow.spec.pipeline import Pipeline
+from klingflow.spec.pipeline import Account, Pipeline
 from klingflow.verdicts import verdicts
 
 NO_TOKEN = ("no API token: set USEAPI_TOKEN to your useapi.net token to spend real credits, "
@@ -60,33 +64,49 @@ async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) ->
 
 async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache: Cache,
               on_event: OnEvent = lambda event: None) -> RunReport:
-    """Run `plan` into a new run directory (or the one `settings.run.resume` names)."""
+    """Run `plan` into a new run directory (or the one `settings.run.resume` names).
+
+    Nothing is uploaded or paid for until the service has answered and its accounts
+    are known; a run directory is made (or taken) only then."""
     pipeline = plan.pipeline
-    run_dir, prior = open_run_dir(settings.run.out, pipeline.name, settings.run.resume)
-    journal = Journal(run_dir / "journal.jsonl")
-    journal.write({"event": "run", "pipeline": pipeline.name, "backend": settings.backend})
-    started = time.time()
-    executor = Executor(
-        pipeline=pipeline, plan=plan,
-        client=KlingClient(http, token=settings.token or "", base_url=settings.base_url),
-        run_dir=run_dir, journal=journal, cache=cache, options=_options(settings, pipeline),
-        prior=prior, on_event=on_event)
+    client = KlingClient(http, token=settings.token or "", base_url=settings.base_url)
+    accounts = await service_accounts(client, pipeline, base_url=settings.base_url,
+                                      within=settings.run.connect_timeout, retrier=Retrier(),
+                                      on_event=on_event)
+    owner = Owner(pipeline.name, pipeline.path, settings.backend)
+    run_dir = open_run_dir(settings.run.out, owner, settings.run.resume)
+    try:
+        return await _run_in(run_dir, plan, settings, client, cache, accounts, on_event)
+    finally:
+        run_dir.close()
+
+
+async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, client: KlingClient,
+                  cache: Cache, accounts: Mapping[str, Account], on_event: OnEvent) -> RunReport:
+    pipeline, started = plan.pipeline, time.time()
+    journal = Journal(run_dir.path / "journal.jsonl", invocation=uuid.uuid4().hex[:12])
+    journal.write({"event": "run", "pipeline": pipeline.name,
+                   "path": str(pipeline.path.resolve()), "backend": settings.backend})
+    executor = Executor(pipeline=pipeline, plan=plan, client=client, run_dir=run_dir.path,
+                        journal=journal, cache=cache, options=_options(settings, pipeline),
+                        accounts=accounts, prior=run_dir.prior, on_event=on_event)
     try:
         interrupted = await _run_until_interrupted(executor)
     finally:
         journal.close()
-    films = await make_outputs(pipeline, executor.results, run_dir=run_dir, cache=cache,
+    charge(executor.results, Journal.replay(journal.path), journal.invocation)
+    films = await make_outputs(pipeline, executor.results, run_dir=run_dir.path, cache=cache,
                                interrupted=interrupted)
     seams = await anyio.to_thread.run_sync(lambda: measure_seams(
         find_seams(pipeline), executor.results, memo=cache.root / "seams"))
     status, error = _with_films(*_run_status(executor, interrupted), films)
-    report = RunReport(plan=plan, run_id=run_dir.name, run_dir=run_dir,
+    report = RunReport(plan=plan, run_id=run_dir.path.name, run_dir=run_dir.path,
                        backend=settings.backend, status=status, error=error,
                        started_at=started, finished_at=time.time(), results=executor.results,
                        films=films, seams=seams)
     document = report.to_json()
-    write_report(document, run_dir)
-    write_html(document, run_dir)
+    write_report(document, run_dir.path)
+    write_html(document, run_dir.path)
     _update_lock(plan, settings.backend, cache, executor.results)
     return report
 

@@ -42,6 +42,7 @@ class RunFlags:
     force: tuple[str, ...] = ()
     force_all: bool = False
     resume: str | None = None  # "latest", a run directory, or None
+    connect_timeout: float = 60.0  # seconds to keep trying to reach the service at the start
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,9 @@ from klingflow.cli import main
 from klingflow.client import KlingClient
 from klingflow.journal import Journal
 from klingflow.plan import build_plan
-from klingflow.policy import PollPolicy
+from klingflow.policy import PollPolicy, Retrier
 from klingflow.run import Executor, RunOptions, StepResult
+from klingflow.run.preflight import service_accounts
 from klingflow.sim import SimConfig, create_app, running_simulator, sim_transport
 from klingflow.spec import load_pipeline
 
@@ -203,7 +204,9 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
     transport = transport_wrapper(inner) if transport_wrapper else inner
     async with httpx.AsyncClient(transport=transport) as http:  # enters the app's lifespan
         client = KlingClient(http, token=config.token, base_url=IN_PROCESS_BASE, sleep=no_sleep)
-        executor = Executor(pipeline=pipeline, plan=plan, client=client,
+        accounts = await service_accounts(client, pipeline, base_url=IN_PROCESS_BASE, within=5,
+                                          retrier=Retrier(), on_event=lambda event: None)
+        executor = Executor(pipeline=pipeline, plan=plan, client=client, accounts=accounts,
                             run_dir=run_dir, journal=journal,
                             cache=Cache(run_dir.parent / "cache"), options=options)
         results = await executor.run()

@@ -55,3 +55,32 @@ async def test_a_clip_that_cannot_be_decoded_fails_its_step_only(tmp_path: Path)
     assert bad.error == "bad.mp4: not a readable video: Invalid data found when processing input"
     assert (after.status, after.error) == ("skipped", "needs bad, which failed")
     assert good.status == "succeeded"
+
+
+class RevokedToken(httpx.AsyncBaseTransport):
+    """The simulator, except that every request after GET /accounts answers 401, as
+    when a token is revoked while a run goes on."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/accounts"):
+            return await self.inner.handle_async_request(request)
+        return httpx.Response(401, json={"error": "Unauthorized", "code": 401})
+
+
+@pytest.mark.anyio
+async def test_a_token_refused_during_the_run_stops_the_whole_run(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path / "p", "revoked", [
+        frames_step("one", "a shot"), frames_step("two", "another"),
+        frames_step("after", "then", image="${steps.one.last_frame}")])
+    config = SimConfig(token=TOKEN, task_seconds=0.1, clip_size=(304, 304))
+    run = await run_in_process(path, config, tmp_path / "run", transport_wrapper=RevokedToken)
+    assert run.executor.aborted is not None
+    assert str(run.executor.aborted) == ("POST http://testserver/v1/kling/assets/: HTTP 401: "
+                                         "Unauthorized: check USEAPI_TOKEN")
+    statuses = {sid: r.status for sid, r in run.results.items()}
+    assert set(statuses.values()) <= {"failed", "not_run", "skipped"}
+    assert all(r.task_id is None for r in run.results.values())
+    assert run.ledger == []

@@ -21,6 +21,7 @@ from klingflow.run.submission import Submitter
 from klingflow.run.uploads import Uploads
 from klingflow.run.waiting import Patience
 from klingflow.spec import load_pipeline
+from klingflow.spec.pipeline import Account
 from tests.runhelpers import frames_step, write_pipeline
 from tests.test_policy import FakeTime
 
@@ -64,14 +65,14 @@ def submitter(tmp_path: Path, service: ScriptedService,
     time = FakeTime()
     retrier = Retrier(clock=time.clock, sleep=time.sleep)
     patience = Patience(retrier, 1.0)
-    slots = Slots({None: 1}, None)
+    slots = Slots({"a": 1}, None)
     journal = Journal(tmp_path / "journal.jsonl")
     client: Any = service
     collector = Collector(client=client, run_dir=tmp_path, cache=None,  # type: ignore[arg-type]
                           patience=patience, poll=None, retrier=retrier)  # type: ignore[arg-type]
     uploads = Uploads(pipeline=pipeline, client=client, journal=journal, uploaded={},
                       output_of=lambda ref: None, patience=patience)  # type: ignore[arg-type,return-value]
-    return Submitter(pipeline=pipeline, client=client, journal=journal, slots=slots,
+    return Submitter(accounts={"a": Account("a", "a@x.test", 1)}, prices={}, client=client, journal=journal, slots=slots,
                      uploads=uploads, collector=collector,
                      resume=Resume(prior or JournalState(), slots), patience=patience,
                      retrier=retrier, urgency={"s": 1.0}, backoff_base=1.0,

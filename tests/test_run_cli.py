@@ -117,21 +117,36 @@ def test_the_token_appears_in_no_file_and_no_output(isolated: Path,
 def test_the_token_is_not_in_the_error_of_a_failed_call(isolated: Path,
                                                         capsys: pytest.CaptureFixture[str],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 400 (an account the service does not know) prints the request, never the token."""
-    path = write_pipeline(isolated / "p", "unknown-account",
-                          [frames_step("one", "a shot", account="x")],
-                          accounts={"x": ("nobody@example.com", 1)})
+    """A refused POST (moderation) prints the request, never the token."""
+    path = write_pipeline(isolated / "p", "refused", [frames_step("one", "a forbidden shot")])
     config = SimConfig(token=SECRET, accounts=[("a@example.com", 1)])
     with external_sim(monkeypatch, config):
         code, out, err = run_cli(["run", str(path), "--out", str(isolated / "runs"),
                                   "--poll-interval", "0.05"], capsys)
     assert code == 1, err
-    report = read_report(only_run_dir(isolated / "runs", "unknown-account"))
+    report = read_report(only_run_dir(isolated / "runs", "refused"))
     step = report["steps"][0]
-    assert step["error_category"] == "bad_request"
-    assert "Account nobody@example.com is not configured" in step["error"]
+    assert step["error_category"] == "moderation"
+    assert step["error"].startswith("POST http://127.0.0.1:")
     everything = out + err + json.dumps(report)
     assert SECRET not in everything and SECRET.split(":", 1)[1] not in everything
+
+
+def test_an_account_the_service_lacks_stops_the_run_before_anything_is_sent(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_pipeline(isolated / "p", "unknown-account",
+                          [frames_step("one", "a shot", account="x")],
+                          accounts={"x": ("nobody@example.com", 1)})
+    config = SimConfig(token=SECRET, accounts=[("a@example.com", 1)])
+    with external_sim(monkeypatch, config) as sim:
+        code, _, err = run_cli(["run", str(path), "--out", str(isolated / "runs")], capsys)
+        assert sim.ledger() == []
+        assert sim.stats()["requests"] == {"GET /accounts": 1}
+    assert code == 2
+    assert err == (f"klingflow: the service at {sim.base_url} has no account x "
+                   "<nobody@example.com> (it has: a@example.com); nothing was sent\n")
+    assert not (isolated / "runs").exists()
 
 
 def test_progress_goes_to_the_current_stderr() -> None:

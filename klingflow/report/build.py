@@ -38,7 +38,9 @@ def _step_json(result: StepResult, planned: PlannedStep | None,
         "queued_at": _iso(result.queued_at), "ready_at": _iso(result.ready_at),
         "slot_at": _iso(result.slot_at), "submitted_at": _iso(result.submitted_at),
         "final_at": _iso(result.final_at), "finished_at": _iso(result.finished_at),
-        "credits": result.credits, "key": result.key, "outputs": outputs,
+        "credits": result.credits, "charged_now": result.charged_now, "tasks": result.tasks,
+        "served_by": result.served_by, "saved": result.saved, "key": result.key,
+        "outputs": outputs,
     }
 
 
@@ -53,17 +55,29 @@ def _request_json(planned: PlannedStep | None) -> dict[str, Any]:
 
 
 def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
+    """Credits as the journal tells them: charged by this invocation and by the whole run
+    (every task created counts, whatever became of it), and saved by what served steps."""
+    steps = results.values()
     by_account: Counter[str] = Counter()
-    for r in results.values():
-        if r.credits:
-            by_account[r.account or "(default)"] += r.credits
+    saved = dict.fromkeys(("cache", "remote", "lock"), 0)
+    for r in steps:
+        if r.charged_now:
+            by_account[r.account or "(default)"] += r.charged_now
+        if r.served_by:
+            saved[r.served_by] += r.saved
+    charged_now = sum(r.charged_now for r in steps)
     return {
         "steps": len(results),
-        "by_status": dict(Counter(str(r.status) for r in results.values())),
-        "credits": sum(r.credits for r in results.values()),
+        "by_status": dict(Counter(str(r.status) for r in steps)),
+        "credits": charged_now,
+        "credits_charged": charged_now,
+        "credits_charged_run": sum(r.credits for r in steps),
+        "credits_saved": saved,
+        "credits_refundable": sum(r.credits for r in steps if r.status == StepStatus.FAILED),
+        "credits_unknown": [r.step_id for r in steps if r.price_unknown],
         "credits_by_account": dict(by_account),
-        "tasks_created": sum(1 for r in results.values()
-                             if r.task_id is not None and r.status != StepStatus.CACHED),
+        "tasks_created": sum(r.tasks_now for r in steps),
+        "tasks_created_run": sum(r.tasks for r in steps),
     }
 
 

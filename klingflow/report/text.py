@@ -12,15 +12,37 @@ def format_report(report: Mapping[str, Any]) -> str:
     """A short human summary: one line per step, the totals, then the films and the page."""
     lines = []
     for step in report["steps"]:
-        detail = f" [{step['error_category']}] {step['error']}" if step["error"] else ""
-        task = f" task {step['task_id']}" if step["task_id"] is not None else ""
-        lines.append(f"  {step['status']:<11} {step['id']}{task}{detail}")
+        lines.append(_step_line(step))
     totals = report["totals"]
     counts = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in sorted(totals["by_status"].items()))
     lines.append(f"{report['pipeline']['name']}: {report['status']} ({counts}); "
-                 f"{totals['credits']} credits spent; report: {report['run_dir']}/report.json")
+                 f"{credits_text(totals)}; report: {report['run_dir']}/report.json")
     lines.append(films_line(report))
     return "\n".join(lines)
+
+
+def _step_line(step: Mapping[str, Any]) -> str:
+    category = f" [{step['error_category']}]" if step.get("error_category") else ""
+    detail = f"{category} {step['error']}" if step.get("error") else ""
+    task = f" task {step['task_id']}" if step["task_id"] is not None else ""
+    served = f" (from the {step['served_by']})" if step.get("served_by") else ""
+    return f"  {step['status']:<11} {step['id']}{task}{served}{detail}"
+
+
+def credits_text(totals: Mapping[str, Any]) -> str:
+    """`20 credits charged now (60 in this run); 40 saved by the cache`."""
+    now = totals.get("credits_charged", totals["credits"])
+    run = totals.get("credits_charged_run", now)
+    text = f"{now} credits charged now" + (f" ({run} in this run)" if run != now else "")
+    saved = {k: v for k, v in (totals.get("credits_saved") or {}).items() if v}
+    if saved:
+        text += "; " + ", ".join(f"{v} saved by the {k}" for k, v in saved.items())
+    if totals.get("credits_refundable"):
+        text += (f"; {totals['credits_refundable']} of them for tasks that failed (the "
+                 "service may refund them)")
+    if totals.get("credits_unknown"):
+        text += f"; plus unknown prices for {', '.join(totals['credits_unknown'])}"
+    return text
 
 
 def films_line(report: Mapping[str, Any]) -> str:

@@ -10,7 +10,7 @@ or submitted (`Submitter`: never paying twice), waited for and collected
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from klingflow.run.scheduling import Budget, Slots, urgency
 from klingflow.run.submission import Submitter
 from klingflow.run.uploads import Uploads
 from klingflow.run.waiting import Patience
-from klingflow.spec.pipeline import Pipeline, Ref, Step
+from klingflow.spec.pipeline import Account, Pipeline, Ref, Step
 from klingflow.verdicts import request_key
 
 CLAIM_POLL_SECONDS = 0.2
@@ -62,6 +62,7 @@ class Executor:
 
     def __init__(self, *, pipeline: Pipeline, plan: Plan, client: KlingClient, run_dir: Path,
                  journal: Journal, cache: Cache, options: RunOptions,
+                 accounts: Mapping[str, Account],
                  prior: JournalState | None = None,
                  on_event: Callable[[Event], None] = lambda event: None,
                  retrier: Retrier | None = None) -> None:
@@ -72,6 +73,7 @@ class Executor:
         self.cache = cache
         self.options = options
         self.on_event = on_event
+        self.accounts = dict(accounts)
         self.results = {sid: StepResult(sid) for sid in self.planned}
         self.aborted: RunAborted | None = None
         self._done = {sid: anyio.Event() for sid in self.planned}
@@ -92,7 +94,8 @@ class Executor:
                           uploaded=self._resume.prior.uploads, output_of=self._output_of,
                           patience=patience)
         self._submitter = Submitter(
-            pipeline=pipeline, client=client, journal=journal, slots=self._slots,
+            accounts=self.accounts, prices={s.id: s.credits for s in plan.steps},
+            client=client, journal=journal, slots=self._slots,
             uploads=uploads, collector=self._collector, resume=self._resume,
             patience=patience, retrier=retrier, urgency=urgency([s.step for s in plan.steps]),
             backoff_base=options.backoff,
@@ -101,9 +104,7 @@ class Executor:
 
     def _make_slots(self) -> Slots:
         total = self.options.max_jobs or self.pipeline.max_jobs
-        if not self.pipeline.accounts:
-            return Slots({None: total or 1}, total)
-        return Slots({a.alias: a.max_jobs for a in self.pipeline.accounts.values()}, total)
+        return Slots({a.alias: a.max_jobs for a in self.accounts.values()}, total)
 
     def _output_of(self, ref: Ref) -> Any:
         return self.results[ref.name].outputs[ref.attr or "video"]
@@ -192,7 +193,7 @@ class Executor:
         try:
             if step.id not in self.options.force and \
                     self._collector.restore_cached(step, result, key):
-                self._record_success(result, StepStatus.CACHED)
+                self._served(planned, result, "cache")
                 return
             await self._generate(planned, result, request)
         finally:
@@ -215,8 +216,7 @@ class Executor:
         if found is None:
             return False
         done, result.outputs = found
-        result.task_id = done.get("task_id")
-        result.account, result.credits = done.get("account"), int(done.get("credits") or 0)
+        result.task_id, result.account = done.get("task_id"), done.get("account")
         result.attempts = self._resume.attempts(step.id)
         status = StepStatus.SUCCEEDED if done["event"] == "succeeded" else StepStatus.CACHED
         self._finish(result, status, None, None)
@@ -234,17 +234,25 @@ class Executor:
             if reserved and result.task_id is None:
                 self._budget.refund(credits)
             raise
-        result.credits = credits or 0
         await self._collector.collect(step, result, task, email)
         await self._collector.keep(result, task_id=task.id, account=alias, credits=credits,
                                    request=request)
         self._record_success(result, StepStatus.SUCCEEDED)
 
+    def _served(self, planned: PlannedStep, result: StepResult, source: str) -> None:
+        """A step served at no cost; one whose task this run paid for (before a crash)
+        counts as paid, not as served."""
+        if result.task_id in self._resume.prior.tasks:
+            self._record_success(result, StepStatus.SUCCEEDED)
+            return
+        result.served_by, result.saved = source, planned.credits or 0
+        self._record_success(result, StepStatus.CACHED)
+
     def _record_success(self, result: StepResult, status: StepStatus) -> None:
         outputs = {a: [o.path.name, o.sha256] for a, o in result.outputs.items()}
         self.journal.write({"event": str(status), "step": result.step_id, "key": result.key,
                             "task_id": result.task_id, "account": result.account,
-                            "credits": result.credits, "outputs": outputs})
+                            "served_by": result.served_by, "outputs": outputs})
         self._finish(result, status, None, None)
 
     async def _submit_and_wait(self, planned: PlannedStep,

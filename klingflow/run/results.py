@@ -57,7 +57,13 @@ class StepResult:
     submitted_at: float | None = None
     final_at: float | None = None  # its task was final and its slot freed; downloading follows
     finished_at: float | None = None
-    credits: int = 0
+    credits: int = 0  # charged for its tasks in this run (all invocations); known prices
+    charged_now: int = 0  # of which by this invocation
+    tasks: int = 0  # tasks created for it in this run (all invocations)
+    tasks_now: int = 0  # of which by this invocation
+    price_unknown: bool = False  # a task of it was created at a price the plan did not know
+    served_by: str | None = None  # what served it at no cost: cache, remote or lock
+    saved: int = 0  # the credits that saved (its known price)
     key: str | None = None
     outputs: dict[str, OutputFile] = field(default_factory=dict)
 

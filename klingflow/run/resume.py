@@ -41,7 +41,8 @@ class Resume:
     def hold_running_slots(self, step_ids: Iterable[str]) -> None:
         wanted = set(step_ids)
         for step_id, sub in self.prior.submissions.items():
-            if step_id in wanted and step_id not in self.prior.finished:
+            if step_id in wanted and step_id not in self.prior.finished and \
+                    self._slots.knows(sub.account):
                 self._slots.take(sub.account)
                 self._held[step_id] = sub.account
 

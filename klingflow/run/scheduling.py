@@ -54,6 +54,9 @@ class Slots:
             raise
         return waiter.alias
 
+    def knows(self, alias: str | None) -> bool:
+        return alias in self._limit
+
     def take(self, alias: str | None) -> None:
         """Count a task already running (found on resume), even past the limit."""
         self._used[alias] += 1

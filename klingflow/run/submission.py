@@ -26,7 +26,7 @@ from klingflow.run.resume import Resume
 from klingflow.run.scheduling import Slots
 from klingflow.run.uploads import Uploads
 from klingflow.run.waiting import Patience
-from klingflow.spec.pipeline import Pipeline, Step
+from klingflow.spec.pipeline import Account, Step
 
 RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be stamped
 
@@ -34,12 +34,14 @@ RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be st
 class Submitter:
     """Submits steps within their slots; returns each with a slot held for its task."""
 
-    def __init__(self, *, pipeline: Pipeline, client: KlingClient, journal: Journal,
+    def __init__(self, *, accounts: Mapping[str, Account], prices: Mapping[str, int | None],
+                 client: KlingClient, journal: Journal,
                  slots: Slots, uploads: Uploads, collector: Collector, resume: Resume,
                  patience: Patience, retrier: Retrier, urgency: Mapping[str, float],
                  backoff_base: float, max_rate_limit_wait: float, stopping: Callable[[], bool],
                  on_event: Callable[[Event], None]) -> None:
-        self._pipeline = pipeline
+        self._accounts = accounts
+        self._prices = prices
         self._client = client
         self._journal = journal
         self._slots = slots
@@ -64,7 +66,8 @@ class Submitter:
         return self._submitted_at[step_id]
 
     def email(self, alias: str | None) -> str | None:
-        return self._pipeline.accounts[alias].email if alias is not None else None
+        account = self._accounts.get(alias) if alias is not None else None
+        return account.email if account is not None else None
 
     # ---- re-attaching on resume -------------------------------------------------------
 
@@ -82,7 +85,8 @@ class Submitter:
         if task_id is None:
             self._resume.give_back(step.id)
             return None, None
-        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref, sub.at_ms)
+        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref, sub.at_ms,
+                     reattached=True)
         task = await self._collector.get_task(step, task_id, sub.email)
         self._resume.adopt(step.id)
         return sub.account, task
@@ -155,14 +159,20 @@ class Submitter:
         return task
 
     def _attach(self, step: Step, result: StepResult, task_id: int, alias: str | None,
-                email: str | None, reply_ref: str, at_ms: int) -> None:
+                email: str | None, reply_ref: str, at_ms: int, *,
+                reattached: bool = False) -> None:
+        """Record the task a step has: a new one (charged at its price) or one an
+        earlier POST created (re-attached: charged then, not now)."""
         self._claimed.add(task_id)
         self._submitted_at[step.id] = at_ms / 1000
         result.task_id, result.account = task_id, alias
         result.submitted_at = result.submitted_at or time.time()
+        charge = {"reattached": True} if reattached else {"credits": self._prices.get(step.id)}
         self._journal.write({"event": "submitted", "step": step.id, "task_id": task_id,
-                             "account": alias, "email": email, "reply_ref": reply_ref})
-        self._on_event(Event(step.id, "submitted", f"task {task_id}"))
+                             "account": alias, "email": email, "reply_ref": reply_ref,
+                             **charge})
+        self._on_event(Event(step.id, "re-attached" if reattached else "submitted",
+                             f"task {task_id}"))
 
     async def _wait_rate_limit(self, step: Step, busy: Backoff,
                                refused: RateLimitedError) -> None:
