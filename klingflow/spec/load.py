@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from klingflow.catalogue import Catalogues
 from klingflow.errors import PipelineError, Problem
 from klingflow.spec.graph import find_cycles
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
@@ -31,10 +32,14 @@ from klingflow.spec.wording import path_text
 from klingflow.spec.yamlload import parse_yaml
 
 
-def load_pipeline(path: Path) -> Pipeline:
-    """The checked pipeline at `path`; PipelineError with every problem otherwise."""
+def load_pipeline(path: Path, *, effects: Catalogues | None = None) -> Pipeline:
+    """The checked pipeline at `path`; PipelineError with every problem otherwise.
+
+    Effect steps are judged against the catalogue `effects` gives for their account;
+    without one, their effect name, mode and prompt are not judged.
+    """
     with _no_gc_pauses():
-        return _load(path)
+        return _load(path, effects)
 
 
 @contextmanager
@@ -50,7 +55,7 @@ def _no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
-def _load(path: Path) -> Pipeline:
+def _load(path: Path, effects: Catalogues | None) -> Pipeline:
     shown = str(path)
     text, issue = read_source(path)
     if text is None:
@@ -60,7 +65,7 @@ def _load(path: Path) -> Pipeline:
         raise _error(shown, issues, None)
     issues += _shape_issues(doc)
     earlier = len(issues)
-    pipeline = _Checked(doc, path, shown).run(issues) if _has_steps(doc.data) else None
+    pipeline = _Checked(doc, path, shown, effects).run(issues) if _has_steps(doc.data) else None
     if issues or pipeline is None:
         raise _error(shown, issues, doc, earlier)
     over_budget = _budget_problems(pipeline)
@@ -118,8 +123,9 @@ def _unique(problems: list[Problem]) -> list[Problem]:
 class _Checked:
     """The semantic checks of one schema-checked document."""
 
-    def __init__(self, doc: YamlDocument, path: Path, shown: str) -> None:
-        self.doc, self.path, self.shown = doc, path, shown
+    def __init__(self, doc: YamlDocument, path: Path, shown: str,
+                 effects: Catalogues | None) -> None:
+        self.doc, self.path, self.shown, self.effects = doc, path, shown, effects
         self.data: dict[str, Any] = doc.data
         self.broken: set[DocPath] = set()  # sections and steps the earlier checks rejected
 
@@ -194,7 +200,7 @@ class _Checked:
         if ("defaults",) in self.broken:
             return []
         builder = StepBuilder(self.doc, self.shown, names, self._defaults(),
-                              self._accounts(), _order(table))
+                              self._accounts(), _order(table), self.effects)
         steps = []
         for n, raw in enumerate(self.data["steps"]):
             if ("steps", n) not in self.broken:
@@ -206,8 +212,12 @@ class _Checked:
     def _defaults(self) -> dict[str, Written]:
         return {k: Written(v, ("defaults", k)) for k, v in self._section("defaults").items()}
 
-    def _accounts(self) -> frozenset[str] | None:
-        return frozenset(self._section("accounts")) if "accounts" in self.data else None
+    def _accounts(self) -> dict[str, str] | None:
+        """Alias -> email of the declared accounts ('' if it has none that can be used);
+        None when the file declares no accounts."""
+        if "accounts" not in self.data:
+            return None
+        return {alias: _email(entry) for alias, entry in self._section("accounts").items()}
 
     def _cycles(self, steps: list[Step],
                 edges: Mapping[tuple[str, str], tuple[DocPath, str]]) -> list[Issue]:
@@ -232,6 +242,11 @@ class _Checked:
 
     def _where(self, at: DocPath) -> Position:
         return Position(self.shown, *self.doc.value_at(at))
+
+
+def _email(entry: Any) -> str:
+    email = entry.get("email") if isinstance(entry, dict) else None
+    return email if isinstance(email, str) else ""
 
 
 def _order(table: Mapping[str, StepEntry]) -> dict[str, int]:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from klingflow.catalogue import Catalogue, Catalogues
 from klingflow.models import DEFAULT_MODEL, MODELS
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Position, Ref, Step, Template, Value
 from klingflow.spec.refs import Names, RefError, has_refs, resolve_text, step_name
-from klingflow.spec.rules import Finding, effect_findings, frames_findings
+from klingflow.spec.rules import decided_effect_mode, effect_findings, frames_findings
 from klingflow.spec.schemacheck import value_issues
 from klingflow.spec.wording import did_you_mean, show
 
@@ -51,8 +52,9 @@ class StepBuilder:
     file: str
     names: Names
     defaults: Mapping[str, Written]
-    accounts: frozenset[str] | None  # None: the file declares no accounts
+    accounts: Mapping[str, str] | None  # alias -> email; None: the file declares no accounts
     order: Mapping[str, int]  # expanded step id -> its place in the file
+    effects: Catalogues | None = None  # None: effect names, modes and prompts are not judged
     issues: list[Issue] = field(default_factory=list)
     edges: dict[tuple[str, str], tuple[DocPath, str]] = field(default_factory=dict)
     _resolved_texts: dict[tuple[str, bool], Any] = field(default_factory=dict)
@@ -111,7 +113,8 @@ class StepBuilder:
         needs = self._needs(index, raw, step_id, values, label)
         self._account_holds(values.get("account"), label)
         if not bad & _DECISIVE:
-            self._check_rules(raw["kind"], values, bad, label, index)
+            catalogues = self._catalogues(raw["kind"], values.get("account"), bad)
+            values = self._check_rules(raw["kind"], values, bad, label, index, catalogues)
         return self._step(index, raw, step_id, values, needs)
 
     def _values(self, fields: Mapping[str, Written], names: Names, combo: dict[str, Written],
@@ -211,14 +214,33 @@ class StepBuilder:
             self.edges.setdefault((step_id, needed), (at, shown))
         return list(ids)
 
-    def _check_rules(self, kind: str, values: Mapping[str, Written], bad: set[str], label: str,
-                     index: int) -> None:
-        """The model's or effect's rules; not on values already reported."""
+    def _check_rules(self, kind: str, values: dict[str, Written], bad: set[str], label: str,
+                     index: int, catalogues: list[Catalogue]) -> dict[str, Written]:
+        """The model's or effect's rules, not on values already reported; the values with
+        the mode the catalogue decides for an effect that lists only one."""
         params = {k: w.value for k, w in values.items() if k not in RUN_FIELDS}
-        for name, message in _findings(kind, params):
+        findings = list(frames_findings(params) if kind == "frames"
+                        else effect_findings(params, catalogues))
+        for name, message in findings:
             if name not in bad:
                 at = values[name].at if name else ("steps", index)
                 self._report(at, message, f"{label}.{name}" if name else label)
+        mode = decided_effect_mode(params, catalogues) if kind == "effect" and not findings \
+            else None
+        return {**values, "mode": Written(mode, values["effect"].at)} if mode else values
+
+    def _catalogues(self, kind: str, account: Written | None, bad: set[str]) -> list[Catalogue]:
+        """The kept catalogues an effect step is judged by: its account's, or (with no
+        account named) those of every declared account, any of which may run it."""
+        if kind != "effect" or self.effects is None or "account" in bad:
+            return []
+        if account is not None:
+            email = (self.accounts or {}).get(str(account.value))
+            emails: list[str | None] = [email] if email else []
+        else:
+            emails = [e for e in self.accounts.values() if e] if self.accounts else [None]
+        found = [self.effects.get(email) for email in emails]
+        return [c for c in found if c is not None]
 
     def _account_holds(self, written: Written | None, label: str) -> None:
         if written is None or not isinstance(written.value, str):
@@ -277,6 +299,3 @@ def _matrix_origin(text: str, combo: dict[str, Written]) -> DocPath | None:
     written = combo.get(match.group(1)) if match else None
     return written.at if written else None
 
-
-def _findings(kind: str, params: Mapping[str, Value]) -> Iterator[Finding]:
-    return frames_findings(params) if kind == "frames" else effect_findings(params)
