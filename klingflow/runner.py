@@ -108,6 +108,17 @@ def backend_name(base_url: str) -> str:
 
 @contextlib.contextmanager
 def _backend(args: argparse.Namespace, pipeline: Pipeline) -> Iterator[Backend]:
+    with open_backend(args, accounts=[(a.email, a.max_jobs) for a in pipeline.accounts.values()],
+                      accept_urls={i.url for i in pipeline.inputs.values() if i.url},
+                      cache_root=default_cache_root(pipeline.path)) as backend:
+        yield backend
+
+
+@contextlib.contextmanager
+def open_backend(args: argparse.Namespace, *, accounts: list[tuple[str, int]],
+                 accept_urls: set[str], cache_root: Path) -> Iterator[Backend]:
+    """The real service (USEAPI_TOKEN, KLINGFLOW_API_BASE) or, with `args.sim`, the
+    embedded simulator with these accounts (its options from `args.sim_*`)."""
     if not args.sim:
         base = os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE)
         yield Backend(backend_name(base), base, os.environ["USEAPI_TOKEN"])
@@ -119,11 +130,9 @@ def _backend(args: argparse.Namespace, pipeline: Pipeline) -> Iterator[Backend]:
     # run finds the tasks of a killed one and concurrent runs share one service. Its
     # token is fixed: no secret on the simulator (the real token is never written).
     token = "sim-token"
-    accounts = [(a.email, a.max_jobs) for a in pipeline.accounts.values()]
     config = SimConfig(token=token, seed=args.sim_seed,
                        faults=Faults.parse(args.sim_faults), speed=args.sim_speed,
-                       accept_urls={i.url for i in pipeline.inputs.values() if i.url},
-                       state_dir=default_cache_root(pipeline.path) / "sim",
+                       accept_urls=accept_urls, state_dir=cache_root / "sim",
                        accounts=accounts or [DEFAULT_ACCOUNT])
     with running_simulator(config) as base_url:
         yield Backend("sim", base_url, token)
@@ -220,8 +229,7 @@ def plan_with_verdicts(pipeline: Pipeline, *, sim: bool, force: list[str],
     cache and lock only: no network. The backend is the lock's, else --sim's."""
     plan = build_plan(pipeline)
     lock = read_lock(lock_path(pipeline.path))
-    backend = "sim" if sim else lock.backend or backend_name(
-        os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE))
+    backend = judged_backend(pipeline.path, sim=sim)
     forced = {s.id for s in pipeline.steps} if force_all else _with_dependents(
         pipeline, set(force))
     found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
@@ -229,3 +237,11 @@ def plan_with_verdicts(pipeline: Pipeline, *, sim: bool, force: list[str],
                      locked_keys={sid: e.key for sid, e in lock.steps.items()},
                      forced=frozenset(forced))
     return with_verdicts(plan, pipeline, {sid: (v.verdict, v.reason) for sid, v in found.items()})
+
+
+def judged_backend(pipeline_path: Path, *, sim: bool) -> str:
+    """The backend `plan` judges a pipeline for: the simulator with --sim, else the
+    lock's, else the one `run` would use (KLINGFLOW_API_BASE, or useapi.net)."""
+    lock = read_lock(lock_path(pipeline_path))
+    return "sim" if sim else lock.backend or backend_name(
+        os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE))
