@@ -198,6 +198,16 @@ class KeptCatalogues:
             self.missing.add(account)
         return found
 
+    def unchecked_note(self, fetch_command: str) -> str | None:
+        """What validation could not judge for lack of a kept catalogue, and how to
+        fetch it; None when every catalogue asked for was kept."""
+        if not self.missing:
+            return None
+        who = ", ".join(sorted(a or "the default account" for a in self.missing))
+        return (f"effect names, modes and prompts are unchecked: no catalogue of "
+                f"{service_name(self.backend)} is kept for {who}; fetch it with: "
+                f"{fetch_command}")
+
 
 class FetchedCatalogues:
     """Catalogues just fetched, by account."""

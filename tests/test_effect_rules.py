@@ -2,47 +2,33 @@
 
 from __future__ import annotations
 
-import datetime as dt
+from functools import cache
 from pathlib import Path
 
-import anyio
-import httpx
 import pytest
 
-from klingflow.catalogue import Catalogue, FetchedCatalogues, fetch_catalogue
-from klingflow.client import KlingClient
+from klingflow.catalogue import FetchedCatalogues
 from klingflow.errors import PipelineError
 from klingflow.plan import build_plan
-from klingflow.sim import SimConfig, create_app, sim_transport
 from klingflow.sim.catalogue import SimEffect
 from klingflow.spec import load_pipeline
+from tests.effecthelpers import sim_catalogues
 from tests.test_spec_helpers import HEAD, write
 
 URL = "https://x.test/a.png"
-FETCHED = dt.datetime(2026, 1, 2, 10, 0, tzinfo=dt.UTC)
 SOURCE = "the simulator's catalogue of the default account (fetched 2026-01-02 10:00 UTC)"
 
 
-def sim_catalogues(*accounts: str | None, **config: object) -> list[Catalogue]:
-    """The catalogues the simulator lists for `accounts`, fetched through KlingClient."""
-
-    async def fetch() -> list[Catalogue]:
-        app = create_app(SimConfig(**config))  # type: ignore[arg-type]
-        async with httpx.AsyncClient(transport=sim_transport(app)) as http:
-            client = KlingClient(http, token="test-token", base_url="http://testserver/v1/kling")
-            return [await fetch_catalogue(client, backend="sim", account=a, now=FETCHED)
-                    for a in accounts]
-
-    return anyio.run(fetch)
+@cache
+def sim() -> FetchedCatalogues:
+    """The simulator's own catalogue, of the default account."""
+    return FetchedCatalogues(sim_catalogues(None))
 
 
-SIM = FetchedCatalogues(sim_catalogues(None))
-
-
-def problems(tmp_path: Path, text: str, effects: FetchedCatalogues = SIM) -> list[str]:
+def problems(tmp_path: Path, text: str, effects: FetchedCatalogues | None = None) -> list[str]:
     path = write(tmp_path, text)
     with pytest.raises(PipelineError) as caught:
-        load_pipeline(path, effects=effects)
+        load_pipeline(path, effects=effects or sim())
     return [str(p).replace(str(path), "p.yaml") for p in caught.value.problems]
 
 
@@ -83,7 +69,7 @@ def test_each_catalogue_rule_with_its_message(tmp_path: Path, fields: str,
     "effect: expansion, prompt: A detailed description for the effect",  # its sample answer
     "effect: bullet_time, mode: pro, prompt: slower"])
 def test_real_effects_the_service_lists_validate(tmp_path: Path, fields: str) -> None:
-    assert load_pipeline(write(tmp_path, effect_step(fields)), effects=SIM).steps
+    assert load_pipeline(write(tmp_path, effect_step(fields)), effects=sim()).steps
 
 
 def test_a_one_mode_effect_without_mode_runs_in_that_mode_and_is_priced_so(
@@ -96,7 +82,7 @@ steps:
   - {{id: heart, kind: effect, effect: heart_gesture, image: {URL}}}
   - {{id: rocket, kind: effect, effect: rocket, image: {URL}}}
 """
-    pipeline = load_pipeline(write(tmp_path, text), effects=SIM)
+    pipeline = load_pipeline(write(tmp_path, text), effects=sim())
     plan = build_plan(pipeline)
     assert [(s.id, s.mode, s.body.get("mode"), s.credits) for s in plan.steps] == [
         ("spin", "pro", "pro", 30), ("heart", "std", "std", None), ("rocket", "std", "std", None)]

@@ -16,7 +16,7 @@ from klingflow.catalogue import Catalogues
 from klingflow.errors import PipelineError, Problem
 from klingflow.spec.graph import find_cycles
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
-from klingflow.spec.pipeline import Pipeline, Position, PriceEntry, Step
+from klingflow.spec.pipeline import Account, Pipeline, Position, PriceEntry, Step
 from klingflow.spec.refs import Names, StepEntry
 from klingflow.spec.schemacheck import schema_issues
 from klingflow.spec.sections import (
@@ -40,6 +40,25 @@ def load_pipeline(path: Path, *, effects: Catalogues | None = None) -> Pipeline:
     """
     with _no_gc_pauses():
         return _load(path, effects)
+
+
+def read_pipeline_accounts(path: Path) -> dict[str, Account]:
+    """The accounts a pipeline file declares, by alias, judging nothing else of the file
+    (so `klingflow effects` works on a file whose effect steps are still wrong)."""
+    shown = str(path)
+    text, issue = read_source(path)
+    if text is None:
+        raise _error(shown, [issue] if issue else [], None)
+    doc, issues = parse_yaml(text)
+    if doc is None:
+        raise _error(shown, issues, None)
+    raw = doc.data.get("accounts") if isinstance(doc.data, dict) else None
+    if not isinstance(raw, dict):
+        return {}
+    issues = [i for i in issues + schema_issues(doc) if i.path[:1] == ("accounts",)]
+    if issues:
+        raise _error(shown, issues, doc)
+    return read_accounts(raw)
 
 
 @contextmanager
