@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klingflow import __version__
 from klingflow.errors import (
@@ -25,24 +25,52 @@ from klingflow.errors import (
 )
 from klingflow.schema_files import SCHEMA_NAMES
 
+if TYPE_CHECKING:
+    from klingflow.catalogue import KeptCatalogues
+
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from klingflow.spec import load_pipeline
 
+    backend = "sim" if args.sim else _backend_from_environment()
     problems = []
     for path in args.pipelines:
+        effects = _kept_catalogues(Path(path), backend)
         try:
-            pipeline = load_pipeline(Path(path))
+            pipeline = load_pipeline(Path(path), effects=effects)
         except PipelineError as exc:
             problems.extend(exc.problems)
         else:
             print(f"{path}: ok ({len(pipeline.steps)} steps)")
+        _note_unchecked_effects(path, effects)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(_count(len(problems), "problem"), "found", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
+
+
+def _backend_from_environment() -> str:
+    """The backend `run` without --sim uses: KLINGFLOW_API_BASE, else useapi.net."""
+    from klingflow.client import DEFAULT_API_BASE
+    from klingflow.runner import backend_name
+
+    return backend_name(os.environ.get("KLINGFLOW_API_BASE", DEFAULT_API_BASE))
+
+
+def _kept_catalogues(path: Path, backend: str) -> KeptCatalogues:
+    from klingflow.cache import default_cache_root
+    from klingflow.catalogue import KeptCatalogues
+
+    return KeptCatalogues(default_cache_root(path), backend)
+
+
+def _note_unchecked_effects(path: str, effects: KeptCatalogues) -> None:
+    sim = " --sim" if effects.backend == "sim" else ""
+    note = effects.unchecked_note(f"klingflow effects {path}{sim}")
+    if note:
+        print(f"{path}: note: {note}", file=sys.stderr)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -54,11 +82,17 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from klingflow.report import format_plan
-    from klingflow.runner import plan_with_verdicts
+    from klingflow.runner import judged_backend, plan_with_verdicts
     from klingflow.spec import load_pipeline
 
-    plan = plan_with_verdicts(load_pipeline(Path(args.pipeline)), sim=args.sim,
-                              force=args.force, force_all=args.force_all)
+    path = Path(args.pipeline)
+    effects = _kept_catalogues(path, judged_backend(path, sim=args.sim))
+    try:
+        pipeline = load_pipeline(path, effects=effects)
+    finally:
+        _note_unchecked_effects(args.pipeline, effects)
+    plan = plan_with_verdicts(pipeline, sim=args.sim, force=args.force,
+                              force_all=args.force_all)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -90,6 +124,15 @@ def _run_exit_code(report: dict[str, Any]) -> int:
         print(f"klingflow: run stopped: {report['error']}", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_STEP_FAILED
+
+
+def _cmd_effects(args: argparse.Namespace) -> int:
+    from klingflow.live_effects import effects_command
+    from klingflow.report.effects_text import catalogues_json, format_catalogues
+
+    kept = effects_command(args)
+    print(json.dumps(catalogues_json(kept), indent=2) if args.json else format_catalogues(kept))
+    return EXIT_OK
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
@@ -127,7 +170,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check pipeline files; print every problem")
     p.add_argument("pipelines", nargs="+", metavar="PIPELINE")
+    p.add_argument("--sim", action="store_true",
+                   help="judge effects by the simulator's kept catalogue (default: the "
+                        "service's, KLINGFLOW_API_BASE or useapi.net)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("effects", help="fetch, keep and show the service's effects catalogue")
+    p.add_argument("pipeline", nargs="?", metavar="PIPELINE",
+                   help="for each account of this pipeline (default: the default account)")
+    p.add_argument("--json", action="store_true", help="print the catalogues as JSON")
+    p.add_argument("--sim", action="store_true", help="from the embedded simulator")
+    p.set_defaults(func=_cmd_effects, sim_seed=0, sim_faults="", sim_speed=1.0)
 
     p = sub.add_parser("plan", help="dry run: the requests, their order and their cost")
     p.add_argument("pipeline", metavar="PIPELINE")

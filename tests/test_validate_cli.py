@@ -8,6 +8,7 @@ import pytest
 
 from klingflow.cli import main
 from tests.conftest import EXAMPLE_FILES
+from tests.effecthelpers import keep_sim_catalogues
 
 GOOD = """\
 version: 1
@@ -25,10 +26,17 @@ steps:
 """
 
 
+@pytest.fixture(autouse=True)
+def sim_catalogue_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Effects are judged by the simulator's catalogue (`--sim`), kept here."""
+    keep_sim_catalogues(tmp_path / "kept")
+    monkeypatch.setenv("KLINGFLOW_HOME", str(tmp_path / "kept"))
+
+
 def test_valid_file_prints_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "good.yaml"
     path.write_text(GOOD)
-    assert main(["validate", str(path)]) == 0
+    assert main(["validate", "--sim", str(path)]) == 0
     out = capsys.readouterr()
     assert out.out == f"{path}: ok (2 steps)\n"
     assert out.err == ""
@@ -38,7 +46,7 @@ def test_problems_then_count_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(GOOD)
     bad.write_text(BAD)
-    assert main(["validate", str(good), str(bad)]) == 2
+    assert main(["validate", "--sim", str(good), str(bad)]) == 2
     out = capsys.readouterr()
     assert out.out == f"{good}: ok (2 steps)\n"
     assert out.err.splitlines() == [
@@ -65,4 +73,4 @@ EXAMPLES = EXAMPLE_FILES
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_pipeline_validates(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert main(["validate", "--sim", str(path)]) == 0, capsys.readouterr().err
