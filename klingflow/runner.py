@@ -20,10 +20,12 @@ import anyio
 import httpx
 
 from klingflow.cache import Cache, default_cache_root
+from klingflow.catalogue import KeptCatalogues
 from klingflow.client import DEFAULT_API_BASE, KlingClient
 from klingflow.errors import UsageError
 from klingflow.executor import CACHED, SUCCEEDED, Executor, RunOptions, StepResult
 from klingflow.journal import Journal, JournalState
+from klingflow.live_effects import judged_by_live_effects
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.progress import make_progress
@@ -49,12 +51,13 @@ class Backend:
 def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """Load, plan and run the pipeline `args` name; the report (also in the run directory)."""
     pipeline = load_pipeline(Path(args.pipeline))
-    plan = build_plan(pipeline)
     if not args.sim and not os.environ.get("USEAPI_TOKEN"):
         raise UsageError(NO_TOKEN)
     options = _options(args, pipeline)
-    run_dir, prior = _run_directory(args, pipeline)
     with _backend(args, pipeline) as backend:
+        pipeline = judged_by_live_effects(pipeline, backend)  # GETs only; exit 2 if bad
+        plan = build_plan(pipeline)
+        run_dir, prior = _run_directory(args, pipeline)
         return anyio.run(_run, pipeline, plan, backend, run_dir, prior,
                          replace(options, backend=backend.name))
 
@@ -210,7 +213,8 @@ def _run_status(executor: Executor, interrupted: bool) -> tuple[str, str | None]
 
 def rebuild_lock(pipeline_path: Path, backend: str) -> tuple[Path, int, int]:
     """Write the lock again from the cache alone; (lock path, steps locked, steps in all)."""
-    pipeline = load_pipeline(pipeline_path)
+    pipeline = load_pipeline(pipeline_path, effects=KeptCatalogues(
+        default_cache_root(pipeline_path), backend))  # a one-mode effect's mode, as run sent it
     plan = build_plan(pipeline)
     found = verdicts(pipeline, [pipeline.step(s.id) for s in plan.steps],
                      Cache(default_cache_root(pipeline.path)), backend, locked_keys={})
