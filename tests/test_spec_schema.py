@@ -129,6 +129,9 @@ outputs:
         "and '_', starting with a letter or a digit",
         "p.yaml:6:20: limits.max_jobs: 0 is less than the minimum of 1",
         "p.yaml:6:31: limits.budget: -1 is less than the minimum of 0",
+        # every independent problem of a step is reported, whatever else is wrong with it
+        "p.yaml:8:5: steps[0] (id: a): a frames step needs image or image_tail (a start or "
+        "an end frame)",
         "p.yaml:10:5: steps[0] (id: a).promt: unknown key 'promt'; did you mean 'prompt'?",
         "p.yaml:11:15: steps[0] (id: a).duration: 'five' is not a whole number of seconds; "
         "write e.g. 5 or 10",
@@ -137,6 +140,9 @@ outputs:
         "kling-v3-0-turbo; did you mean 'kling-v2-6'?",
         "p.yaml:13:5: steps[0] (id: a).effect: unknown key 'effect': it is not a field of "
         "frames steps; remove it or change kind",
+        "p.yaml:14:5: steps[1] (id: b): an effect step needs effect (a name from the effects "
+        "catalogue)",
+        "p.yaml:14:5: steps[1] (id: b): an effect step needs image",
         "p.yaml:16:5: steps[1] (id: b).duration: unknown key 'duration': it is not a field of "
         "effect steps; remove it or change kind",
         "p.yaml:17:11: steps[2] (id: c).kind: 'clip' is not one of frames, effect",

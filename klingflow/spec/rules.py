@@ -27,6 +27,16 @@ from klingflow.spec.wording import did_you_mean, one_of, show
 Finding = tuple[str | None, str]
 
 
+def required_findings(kind: str, params: Mapping[str, Value]) -> Iterator[Finding]:
+    """The fields a step of `kind` cannot do without, whatever its model or effect."""
+    if kind == "frames" and "image" not in params and "image_tail" not in params:
+        yield None, "a frames step needs image or image_tail (a start or an end frame)"
+    if kind == "effect" and "effect" not in params:
+        yield None, "an effect step needs effect (a name from the effects catalogue)"
+    if kind == "effect" and "image" not in params:
+        yield None, "an effect step needs image"
+
+
 def frames_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
     rules = MODELS[str(params.get("model_name", DEFAULT_MODEL))]
     yield from _frames(rules, params)
@@ -36,9 +46,7 @@ def frames_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
 
 
 def _frames(rules: ModelRules, params: Mapping[str, Value]) -> Iterator[Finding]:
-    if "image" not in params and "image_tail" not in params:
-        yield None, "a frames step needs image or image_tail (a start or an end frame)"
-    elif rules.needs_image and "image" not in params:
+    if rules.needs_image and "image" not in params and "image_tail" in params:
         yield None, (f"{rules.name} needs a start frame; add image (only kling-v1-5 and "
                      "kling-v1-6 can start from image_tail alone)")
     duration = params.get("duration")
@@ -99,10 +107,6 @@ def effect_findings(params: Mapping[str, Value],
                     catalogues: Sequence[Catalogue]) -> Iterator[Finding]:
     """An effect step's rules; its name, mode and prompt against each catalogue that
     applies (one message per field, from the first catalogue that finds one)."""
-    if "effect" not in params:
-        yield None, "an effect step needs effect (a name from the effects catalogue)"
-    if "image" not in params:
-        yield None, "an effect step needs image"
     name = params.get("effect")
     if isinstance(name, str):
         yield from _first_per_field(finding for catalogue in catalogues
