@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from klingflow.spec.images import image_problem
+from klingflow.spec.images import check_image, url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Account, Input, Output, PriceEntry
 from klingflow.spec.refs import (
@@ -62,11 +62,12 @@ def _input(name: str, written: str, names: Names, base: Path) -> tuple[str | Non
         return str(exc), None
     text = str(text)
     if text.startswith(("http://", "https://")):
-        return None, Input(name, url=text)
-    if "://" in text:
+        return url_problem(text), Input(name, url=text)
+    if "://" in text or "\x00" in text:
         return f"{text!r} is neither an http(s) URL nor a local path", None
     path = (base / text).resolve()
-    return image_problem(path, text), Input(name, path=path)
+    checked = check_image(path, text)
+    return checked.problem, Input(name, path=path, content_type=checked.content_type)
 
 
 def read_prices(doc: YamlDocument, raw: list[dict[str, Any]],

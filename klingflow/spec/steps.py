@@ -10,6 +10,7 @@ from typing import Any
 
 from klingflow.catalogue import Catalogue, Catalogues
 from klingflow.models import DEFAULT_MODEL, MODELS
+from klingflow.spec.images import url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Position, Ref, Step, Template, Value
 from klingflow.spec.refs import (
@@ -217,6 +218,9 @@ class StepBuilder:
                                f"${{steps.{ref.name}.last_frame}}", shown)
             return
         if isinstance(value, str) and value.startswith(("http://", "https://")):
+            problem = url_problem(value)
+            if problem:
+                self._fail(at, problem, shown)
             return
         self._fail(at, f"{show(value) if not isinstance(value, Template) else 'this text'} is "
                        "not an image: write ${inputs.NAME}, ${steps.ID.last_frame} or an "
