@@ -663,16 +663,20 @@ class Executor:
             source = self.pipeline.inputs[ref.name]
             if source.path is None:
                 return str(source.url)
-            return await self._upload(step, source.path, file_hash(source.path), email)
+            return await self._upload(step, source.path, file_hash(source.path), email,
+                                      source.content_type)
         output = self.results[ref.name].outputs[ref.attr or "video"]
         return await self._upload(step, output.path, output.sha256, email)
 
-    async def _upload(self, step: Step, path: Path, sha: str, email: str | None) -> str:
+    async def _upload(self, step: Step, path: Path, sha: str, email: str | None,
+                      content_type: str | None = None) -> str:
         """Each file (whose hash is known) is uploaded at most once per run. An upload
-        creates nothing billable, so transient errors are simply waited out."""
+        creates nothing billable, so transient errors are simply waited out. An input
+        goes as the type its content called for at validation (a phone's .MPO: JPEG)."""
         async with self._upload_locks.setdefault(sha, anyio.Lock()):
             if sha not in self._uploads:
-                content_type = _IMAGE_TYPES.get(path.suffix.lower(), "image/png")
+                content_type = content_type or _IMAGE_TYPES.get(path.suffix.lower(),
+                                                                "image/png")
                 data = path.read_bytes()
                 try:
                     asset = await self._patiently(step, lambda: self.client.upload_asset(
