@@ -98,7 +98,7 @@ steps:
 
 def test_an_input_path_with_a_nul_character_is_a_located_problem(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, 'version: 1\nname: nul\ninputs: {hero: "a\\0.png"}\n'
+    path = write(tmp_path, 'version: 1\nname: nulls\ninputs: {hero: "a\\0.png"}\n'
                            f"steps:\n  - {{id: a, kind: frames, image: {URL}}}\n")
     assert validate(path, capsys) == (2, "", [
         "p.yaml:3:16: inputs.hero: 'a\\x00.png' is neither an http(s) URL nor a local path",
@@ -197,3 +197,48 @@ def test_url_inputs_and_image_urls_are_checked_for_form(
     assert err == [f"p.yaml:3:16: inputs.hero: {expected}",
                    f"p.yaml:5:34: steps[0] (id: a).image: {expected}",
                    "2 problems found"]
+
+
+# ---- ids and names become file names ------------------------------------------------------------
+
+
+def test_ids_and_names_too_long_for_file_names_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long = "a" * 300
+    path = write(tmp_path, f"version: 1\nname: {long}\nsteps:\n"
+                           f"  - {{id: {long}, kind: frames, image: {URL}}}\n"
+                           f"outputs:\n  {'o' * 101}: {{concat: [{long}]}}\n")
+    shown = "'" + "a" * 57 + "...'"
+    assert validate(path, capsys) == (2, "", [
+        f"p.yaml:2:7: name: {shown} is 300 characters long; at most 100",
+        f"p.yaml:4:10: steps[0] (id: {long}).id: {shown} is 300 characters long; at most 100",
+        f"p.yaml:6:3: outputs.{'o' * 101}: '{'o' * 57}...' is 101 characters long; at most 100",
+        "3 problems found"])
+
+
+def test_names_windows_keeps_for_devices_are_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f"version: 1\nname: aux\nsteps:\n"
+                           f"  - {{id: con, kind: frames, image: {URL}}}\n"
+                           f"  - {{id: com1x, kind: frames, image: {URL}}}\n"
+                           "outputs:\n  nul: {concat: [con]}\n")
+    assert validate(path, capsys) == (2, "", [
+        "p.yaml:2:7: name: 'aux' cannot be a pipeline name: Windows reserves it for a device, "
+        "so no file or folder may be named after it; choose another",
+        "p.yaml:4:10: steps[0] (id: con).id: 'con' cannot be a step id: Windows reserves it for "
+        "a device, so no file or folder may be named after it; choose another",
+        "p.yaml:7:3: outputs.nul: 'nul' cannot be an output name: Windows reserves it for a "
+        "device, so no file or folder may be named after it; choose another",
+        "3 problems found"])
+
+
+def test_a_matrix_expansion_of_the_longest_id_still_makes_file_names(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    longest = "m" * 100
+    path = write(tmp_path, f"version: 1\nname: {'n' * 100}\nsteps:\n"
+                           f"  - {{id: {longest}, kind: frames, image: {URL}, "
+                           f"prompt: '${{matrix.p}}', matrix: {{p: {_values(100)}}}}}\n")
+    code, _, err = validate(path, capsys)
+    assert code == 0, err
+    for suffix in (".mp4", ".first.png", ".last.png"):  # what a run writes per step
+        (tmp_path / f"{longest}@99{suffix}").write_bytes(b"")

@@ -15,6 +15,7 @@ from typing import Any
 
 from klingflow.catalogue import Catalogues
 from klingflow.errors import PipelineError, Problem
+from klingflow.spec.filenames import file_name_problem
 from klingflow.spec.graph import find_cycles
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Account, Pipeline, Position, PriceEntry, Step
@@ -148,6 +149,7 @@ class _Checked:
         self.reported = Reported.of([])  # what earlier checks reported: not judged again
 
     def run(self, issues: list[Issue]) -> Pipeline | None:
+        self._file_names(issues)
         table = self._table(issues)
         self.reported = Reported.of(issues)
         names = Names(self._vars(issues), frozenset(self._section("inputs")), table,
@@ -205,10 +207,25 @@ class _Checked:
                 self._duplicate(n, step_id, first[step_id], issues)
                 continue
             first[step_id] = n
+            self._file_name(step_id, "a step id", ("steps", n, "id"), issues)
             expansions = (step_id,) if "matrix" not in raw else \
                 None if n in matrix_issues or not _buildable(raw) else budget.take(n, raw)
             table[step_id] = StepEntry(step_id, expansions, "matrix" in raw)
         return table
+
+    def _file_names(self, issues: list[Issue]) -> None:
+        """The pipeline's and the outputs' names, which name folders and files."""
+        if isinstance(self.data.get("name"), str):
+            self._file_name(self.data["name"], "a pipeline name", ("name",), issues)
+        for output in self._section("outputs"):
+            self._file_name(output, "an output name", ("outputs", output), issues, key=True)
+
+    def _file_name(self, name: str, what: str, at: DocPath, issues: list[Issue], *,
+                   key: bool = False) -> None:
+        problem = file_name_problem(name, what)
+        if problem:
+            issues.append(Issue(at, *(self.doc.key_at(at) if key else self.doc.value_at(at)),
+                                problem))
 
     def _steps_list(self) -> list[Any]:
         steps = self.data.get("steps")
