@@ -30,11 +30,15 @@ if TYPE_CHECKING:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from klingflow.lockfile import is_lock_file
     from klingflow.spec import load_pipeline
 
     backend = "sim" if args.sim else _backend_from_environment()
     problems = []
     for path in args.pipelines:
+        if is_lock_file(Path(path)):  # `validate pipelines/*.yaml` after a run
+            print(f"{path}: skipped: a lock file written by klingflow run, not a pipeline")
+            continue
         effects = _kept_catalogues(Path(path), backend)
         try:
             pipeline = load_pipeline(Path(path), effects=effects)

@@ -19,6 +19,7 @@ from klingflow.files import write_atomically
 from klingflow.plan import Plan
 
 LOCK_VERSION = 1
+LOCK_MARK = b"# klingflow lock file:"
 HEADER = ("# klingflow lock file: what each step of {name} last produced.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
@@ -50,6 +51,16 @@ def lock_path(pipeline_path: Path) -> Path:
     name = pipeline_path.name
     stem = name[: -len(".yaml")] if name.endswith(".yaml") else pipeline_path.stem
     return pipeline_path.with_name(f"{stem}.lock.yaml")
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether `path` is a lock file klingflow wrote (it starts with the lock's header)."""
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(len(LOCK_MARK))
+    except OSError:
+        return False
+    return start == LOCK_MARK
 
 
 def read_lock(path: Path) -> Lock:

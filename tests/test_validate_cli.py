@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from klingflow.cli import main
+from klingflow.lockfile import lock_path, write_lock
+from klingflow.plan import build_plan
+from klingflow.spec import load_pipeline
 from tests.conftest import EXAMPLE_FILES
 from tests.effecthelpers import keep_sim_catalogues
 
@@ -74,3 +77,18 @@ EXAMPLES = EXAMPLE_FILES
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_pipeline_validates(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "--sim", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_lock_file_among_the_pipelines_is_skipped_with_a_note(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`klingflow validate pipelines/*.yaml` after a run sees NAME.lock.yaml too."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    plan = build_plan(load_pipeline(good))
+    lock = lock_path(good)
+    write_lock(lock, name="good", backend="sim", plan=plan, entries={})
+    assert main(["validate", "--sim", str(good), str(lock)]) == 0
+    out = capsys.readouterr()
+    assert out.out == (f"{good}: ok (2 steps)\n"
+                       f"{lock}: skipped: a lock file written by klingflow run, not a pipeline\n")
+    assert out.err == ""
