@@ -54,7 +54,9 @@ def lock_path(pipeline_path: Path) -> Path:
 
 
 def is_lock_file(path: Path) -> bool:
-    """Whether `path` is a lock file klingflow wrote (it starts with the lock's header)."""
+    """Whether `path` is a lock file klingflow wrote: NAME.lock.yaml, with the lock's header."""
+    if not path.name.endswith(".lock.yaml"):
+        return False
     try:
         with path.open("rb") as handle:
             start = handle.read(len(LOCK_MARK))
