@@ -42,7 +42,7 @@ def effect_step(fields: str) -> str:
      "did you mean 'bloombloom'?"),
     ("effect: rainbow_burst",
      f"p.yaml:4:64: steps[0] (id: e).effect: unknown effect 'rainbow_burst': not in {SOURCE}; "
-     "`klingflow effects` lists the available ones"),
+     "`klingflow effects --sim` lists the available ones"),
     ("effect: balloon_parade",
      f"p.yaml:4:64: steps[0] (id: e).effect: effect 'balloon_parade' is not available: "
      f"{SOURCE} lists it with no modes (retired); choose another effect"),
@@ -121,11 +121,11 @@ steps:
     assert problems(tmp_path, text, effects) == [
         "p.yaml:7:50: steps[0] (id: on-a).effect: unknown effect 'glitter': not in the "
         "simulator's catalogue for a@example.com (fetched 2026-01-02 10:00 UTC); "
-        "`klingflow effects` lists the available ones",
+        "`klingflow effects --sim` lists the available ones",
         # a step with no account may run on either: both catalogues must allow it
         "p.yaml:10:40: steps[3] (id: either).effect: unknown effect 'fuzzyfuzzy': not in the "
         "simulator's catalogue for b@example.com (fetched 2026-01-02 10:00 UTC); "
-        "`klingflow effects` lists the available ones"]
+        "`klingflow effects --sim` lists the available ones"]
     good = text.replace(f"  - {{id: on-a, kind: effect, account: a, effect: glitter, "
                         f"image: {URL}}}\n", "").replace("fuzzyfuzzy", "rocket, mode: pro")
     pipeline = load_pipeline(write(tmp_path, good), effects=effects)

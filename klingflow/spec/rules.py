@@ -126,8 +126,9 @@ def _catalogue_findings(name: str, catalogue: Catalogue,
                         params: Mapping[str, Value]) -> Iterator[Finding]:
     entry = catalogue.get(name)
     if entry is None:
+        sim = " --sim" if catalogue.backend == "sim" else ""
         hint = did_you_mean(name, catalogue.available) or \
-            "; `klingflow effects` lists the available ones"
+            f"; `klingflow effects{sim}` lists the available ones"
         yield "effect", f"unknown effect '{name}': not in {catalogue.source}{hint}"
     elif not entry.available:
         why = "marks it effectSupported: false" if not entry.supported else \
