@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from klingflow import media  # noqa: E402
-from klingflow.models import EFFECTS  # noqa: E402
+from klingflow.sim.catalogue import CATALOGUE  # noqa: E402
 from klingflow.sim.config import CLIP_SIZE  # noqa: E402
 from klingflow.sim.images import pattern_image  # noqa: E402
 
@@ -219,9 +219,9 @@ def render_times(repeats: int = 3) -> dict[str, float]:
     start, end = pattern_image("start"), pattern_image("end")
     cases: dict[str, tuple[object, object, str | None]] = {"frames (start->end)":
                                                            (start, end, None)}
-    for effect in EFFECTS.values():
-        if effect.effect_supported:
-            cases[f"effect {effect.name} ({effect.motion})"] = (start, None, effect.motion)
+    motions = {e.motion: e.name for e in reversed(CATALOGUE) if e.usable}  # first per motion
+    for motion, name in sorted(motions.items()):
+        cases[f"effect {name} ({motion})"] = (start, None, motion)
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "clip.mp4"

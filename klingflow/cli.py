@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klingflow import __version__
 from klingflow.errors import (
@@ -22,24 +23,47 @@ from klingflow.errors import (
 from klingflow.schema_files import SCHEMA_NAMES
 from klingflow.settings import RunFlags, Settings, SimOptions
 
+if TYPE_CHECKING:
+    from klingflow.catalogue import KeptCatalogues
+
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from klingflow.lockfile import is_lock_file
     from klingflow.spec import load_pipeline
 
+    settings = _settings(args)
     problems = []
     for path in args.pipelines:
+        if is_lock_file(Path(path)):  # `validate pipelines/*.yaml` after a run
+            print(f"{path}: skipped: a lock file written by klingflow run, not a pipeline")
+            continue
+        effects = _kept_catalogues(Path(path), settings, settings.backend)
         try:
-            pipeline = load_pipeline(Path(path))
+            pipeline = load_pipeline(Path(path), effects=effects)
         except PipelineError as exc:
             problems.extend(exc.problems)
         else:
             print(f"{path}: ok ({len(pipeline.steps)} steps)")
+        _note_unchecked_effects(path, effects)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
         print(_count(len(problems), "problem"), "found", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
+
+
+def _kept_catalogues(path: Path, settings: Settings, backend: str) -> KeptCatalogues:
+    from klingflow.catalogue import KeptCatalogues
+
+    return KeptCatalogues(settings.cache_root(path), backend)
+
+
+def _note_unchecked_effects(path: str, effects: KeptCatalogues) -> None:
+    sim = " --sim" if effects.backend == "sim" else ""
+    note = effects.unchecked_note(f"klingflow effects {path}{sim}")
+    if note:
+        print(f"{path}: note: {note}", file=sys.stderr)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -51,11 +75,16 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from klingflow.report import format_plan
-    from klingflow.runner import plan_with_verdicts
+    from klingflow.runner import judged_backend, plan_with_verdicts
     from klingflow.spec import load_pipeline
 
-    plan = plan_with_verdicts(load_pipeline(Path(args.pipeline)), _settings(args),
-                              force=args.force, force_all=args.force_all)
+    path, settings = Path(args.pipeline), _settings(args)
+    effects = _kept_catalogues(path, settings, judged_backend(path, settings))
+    try:
+        pipeline = load_pipeline(path, effects=effects)
+    finally:
+        _note_unchecked_effects(args.pipeline, effects)
+    plan = plan_with_verdicts(pipeline, settings, force=args.force, force_all=args.force_all)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -88,6 +117,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     elif report.status == "aborted":
         print(f"klingflow: run stopped: {report.error}", file=sys.stderr)
     return report.exit_code
+
+
+def _cmd_effects(args: argparse.Namespace) -> int:
+    from klingflow.report.effects_text import catalogues_json, format_catalogues
+    from klingflow.runner import fetch_effects
+
+    settings = _settings(args)
+    kept = fetch_effects(Path(args.pipeline) if args.pipeline else None, settings)
+    print(json.dumps(catalogues_json(kept), indent=2) if args.json else format_catalogues(kept))
+    return EXIT_OK
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
@@ -159,7 +198,17 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check pipeline files; print every problem")
     p.add_argument("pipelines", nargs="+", metavar="PIPELINE")
+    p.add_argument("--sim", action="store_true",
+                   help="judge effects by the simulator's kept catalogue (default: the "
+                        "service's, KLINGFLOW_API_BASE or useapi.net)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("effects", help="fetch, keep and show the service's effects catalogue")
+    p.add_argument("pipeline", nargs="?", metavar="PIPELINE",
+                   help="for each account of this pipeline (default: the default account)")
+    p.add_argument("--json", action="store_true", help="print the catalogues as JSON")
+    p.add_argument("--sim", action="store_true", help="from the embedded simulator")
+    p.set_defaults(func=_cmd_effects, sim_seed=0, sim_faults="", sim_speed=1.0)
 
     p = sub.add_parser("plan", help="dry run: the requests, their order and their cost")
     p.add_argument("pipeline", metavar="PIPELINE")

@@ -21,6 +21,7 @@ from klingflow.plan import Plan
 LOCK_VERSION = 1
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big locks
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+LOCK_MARK = b"# klingflow lock file:"
 HEADER = ("# klingflow lock file: what each step of {name} last produced.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
@@ -52,6 +53,18 @@ def lock_path(pipeline_path: Path) -> Path:
     name = pipeline_path.name
     stem = name[: -len(".yaml")] if name.endswith(".yaml") else pipeline_path.stem
     return pipeline_path.with_name(f"{stem}.lock.yaml")
+
+
+def is_lock_file(path: Path) -> bool:
+    """Whether `path` is a lock file klingflow wrote: NAME.lock.yaml, with the lock's header."""
+    if not path.name.endswith(".lock.yaml"):
+        return False
+    try:
+        with path.open("rb") as handle:
+            start = handle.read(len(LOCK_MARK))
+    except OSError:
+        return False
+    return start == LOCK_MARK
 
 
 def read_lock(path: Path) -> Lock:

@@ -1,8 +1,10 @@
-"""Kling's capability, price and effect tables, as data with their sources.
+"""Kling's model capability and price tables, as data with their sources.
 
 A new Kling model or a new price is a change to these tables, not to code.
 The validator (klingflow.spec), the planner (klingflow.plan) and the simulator
-(klingflow.sim) all read these tables.
+(klingflow.sim) all read these tables. Effects are not here: which exist, which
+take a prompt and which modes each allows is the service's catalogue
+(klingflow.catalogue), fetched, never a table of ours.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ RULES_SOURCE = (
 )
 RULES_DATE = "2025-10-01"
 PRICES_SOURCE = "Kling web prices, credits per clip, as published in 2026"
-EFFECTS_SOURCE = "useapi.net GET /videos/effects, names and modes seen 2025-10-01"
 
 DEFAULT_MODEL = "kling-v2-1"
 DEFAULT_MODE = "std"
@@ -122,28 +123,3 @@ def price_of(key: PriceKey, extra: dict[PriceKey, int] | None = None) -> int | N
     if extra and key in extra:
         return extra[key]
     return PRICES.get(key)
-
-
-@dataclass(frozen=True, slots=True)
-class Effect:
-    """One entry of the effects catalogue (GET /videos/effects)."""
-
-    name: str
-    caption: str
-    modes: tuple[str, ...]
-    prompt_supported: bool
-    effect_supported: bool
-    motion: str  # the visible motion the simulator renders for it
-    duration: int = 5
-    kling_version: str = "1.6"
-
-
-EFFECTS: dict[str, Effect] = {e.name: e for e in (
-    Effect("rocket", "Rocket Launch", ("std", "pro"), False, True, "rise"),
-    Effect("spinoff", "Spin Off", ("pro",), False, True, "spin"),
-    Effect("cartoon", "Cartoon Me", ("std", "pro"), True, True, "pulse"),
-    Effect("cyberpunk", "Cyberpunk", ("std", "pro"), True, True, "shake"),
-    Effect("expansion", "Expansion", ("std", "pro"), True, True, "zoom"),
-    Effect("squish", "Squish It", ("std", "pro"), False, True, "squash"),
-    Effect("hug", "Warm Hug", ("std", "pro"), False, False, "none"),
-)}

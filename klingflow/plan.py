@@ -23,7 +23,6 @@ from klingflow.models import (
     DEFAULT_DURATION,
     DEFAULT_MODE,
     DEFAULT_MODEL,
-    EFFECTS,
     MODELS,
     ModelRules,
     PriceKey,
@@ -163,13 +162,10 @@ def _frames_mode(rules: ModelRules, step: Step) -> str:
 
 
 def _effect_mode(step: Step) -> str:
-    mode = step.params.get("mode")
-    if mode:
-        return str(mode)
-    effect = EFFECTS.get(_effect_name(step))
-    if effect is None or DEFAULT_MODE in effect.modes or not effect.modes:
-        return DEFAULT_MODE
-    return effect.modes[0]
+    """The mode an effect is sent with: the step's (or the one its catalogue entry lists,
+    which the loader fills in), else the service's default; always sent, so the request,
+    and its cache key, is the same whatever the service's default becomes."""
+    return str(step.params.get("mode") or DEFAULT_MODE)
 
 
 def _effect_name(step: Step) -> str:
@@ -192,10 +188,8 @@ def _frames_audio(rules: ModelRules | None, step: Step, mode: str) -> bool:
 def _price_key(step: Step) -> PriceKey:
     """What the step's price depends on: model (or `effect:NAME`), mode, duration, audio."""
     model = kind_of(step.kind).price_model(step.params)
-    if step.kind == EFFECT.name:
-        effect = EFFECTS.get(_effect_name(step))
-        duration = effect.duration if effect else DEFAULT_DURATION
-        return PriceKey(model, _effect_mode(step), duration)
+    if step.kind == EFFECT.name:  # an effect clip is 5 s; the catalogue says no other length
+        return PriceKey(model, _effect_mode(step), DEFAULT_DURATION)
     rules = MODELS.get(model)
     if rules is None:
         mode = str(step.params.get("mode") or DEFAULT_MODE)

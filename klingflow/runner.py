@@ -12,17 +12,18 @@ import contextlib
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import httpx
 
-from klingflow.cache import Cache
+from klingflow.cache import CACHE_DIR_NAME, Cache
 from klingflow.client import POOL_LIMITS, KlingClient
 from klingflow.errors import UsageError
 from klingflow.journal import Journal
+from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.outputs import INCOMPLETE, FilmResult, make_outputs
 from klingflow.outputs import INTERRUPTED as NOT_MADE_INTERRUPTED
@@ -36,7 +37,7 @@ from klingflow.run.preflight import service_accounts
 from klingflow.rundir import Owner, RunDirectory, open_run_dir
 from klingflow.seams import find_seams, measure_seams
 from klingflow.settings import Settings
-from klingflow.spec import load_pipeline
+from klingflow.spec import load_pipeline, read_pipeline_accounts
 from klingflow.spec.pipeline import Account, Pipeline
 from klingflow.verdicts import verdicts
 
@@ -70,9 +71,12 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     are known; a run directory is made (or taken) only then."""
     pipeline = plan.pipeline
     client = KlingClient(http, token=settings.token or "", base_url=settings.base_url)
-    accounts = await service_accounts(client, pipeline, base_url=settings.base_url,
+    accounts = await service_accounts(client, pipeline.accounts, base_url=settings.base_url,
                                       within=settings.run.connect_timeout, retrier=Retrier(),
                                       on_event=on_event)
+    plan = await judged_by_live_effects(plan, client, backend=settings.backend,
+                                        accounts=accounts, root=cache.root)
+    pipeline = plan.pipeline
     owner = Owner(pipeline.name, pipeline.path, settings.backend)
     run_dir = open_run_dir(settings.run.out, owner, settings.run.resume)
     try:
@@ -136,25 +140,57 @@ def forced_steps(pipeline: Pipeline, force: tuple[str, ...] | list[str],
     return forced
 
 
+def _backend(settings: Settings, pipeline: Pipeline) -> contextlib.AbstractContextManager[Settings]:
+    return open_backend(settings, accounts=pipeline.accounts.values(),
+                        accept_urls={i.url for i in pipeline.inputs.values() if i.url},
+                        folder=pipeline.path.resolve().parent)
+
+
 @contextlib.contextmanager
-def _backend(settings: Settings, pipeline: Pipeline) -> Iterator[Settings]:
-    """`settings` pointing at a live backend: as they are, or at a simulator started here."""
+def open_backend(settings: Settings, *, accounts: Iterable[Account], accept_urls: set[str],
+                 folder: Path) -> Iterator[Settings]:
+    """`settings` pointing at a live backend: as they are, or at a simulator started here
+    with these accounts, for the pipelines of `folder`."""
     if settings.sim is None:
         yield settings
         return
     from klingflow.sim import SimConfig, running_simulator
     from klingflow.sim.config import DEFAULT_ACCOUNT, Faults
 
-    # The simulated service keeps its state in the pipeline's cache root, so a resumed
+    # The simulated service keeps its state apart from the cache (deleting the cache
+    # must not delete the service's tasks), shared by the runs of one folder: a resumed
     # run finds the tasks of a killed one and concurrent runs share one service.
-    accounts = [(a.email, a.max_jobs) for a in pipeline.accounts.values()]
     config = SimConfig(token=SIM_TOKEN, seed=settings.sim.seed,
                        faults=Faults.parse(settings.sim.faults), speed=settings.sim.speed,
-                       accept_urls={i.url for i in pipeline.inputs.values() if i.url},
-                       state_dir=settings.cache_root(pipeline.path) / "sim",
-                       accounts=accounts or [DEFAULT_ACCOUNT])
+                       accept_urls=accept_urls, state_dir=settings.sim_state_dir(folder),
+                       accounts=[(a.email, a.max_jobs) for a in accounts] or [DEFAULT_ACCOUNT])
     with running_simulator(config) as base_url:
         yield replace(settings, base_url=base_url, token=SIM_TOKEN)
+
+
+def fetch_effects(pipeline_path: Path | None, settings: Settings) -> list[KeptCatalogue]:
+    """`klingflow effects [PIPELINE]`: the live catalogue of each account of the pipeline
+    (or of the service's accounts), kept where validate and plan look for it."""
+    if settings.sim is None and not settings.token:
+        raise UsageError(NO_TOKEN)
+    declared = read_pipeline_accounts(pipeline_path) if pipeline_path else {}
+    folder = pipeline_path.resolve().parent if pipeline_path else Path.cwd()
+    root = settings.cache_root(pipeline_path) if pipeline_path else \
+        settings.home or Path(CACHE_DIR_NAME)
+    with open_backend(settings, accounts=declared.values(), accept_urls=set(),
+                      folder=folder) as live:
+        return anyio.run(_fetch_effects, live, declared, root)
+
+
+async def _fetch_effects(settings: Settings, declared: Mapping[str, Account],
+                         root: Path) -> list[KeptCatalogue]:
+    async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
+        client = KlingClient(http, token=settings.token or "", base_url=settings.base_url)
+        accounts = await service_accounts(client, declared, base_url=settings.base_url,
+                                          within=settings.run.connect_timeout,
+                                          retrier=Retrier(), on_event=lambda event: None)
+        return await fetch_and_keep(client, backend=settings.backend,
+                                    emails=[a.email for a in accounts.values()], root=root)
 
 
 def _update_lock(plan: Plan, backend: str, cache: Cache,
@@ -238,9 +274,17 @@ def plan_with_verdicts(pipeline: Pipeline, settings: Settings, *, force: list[st
     cache and lock only: no network. The backend is the lock's, else --sim's."""
     plan = build_plan(pipeline)
     lock = read_lock(lock_path(pipeline.path))
-    backend = settings.backend if settings.sim is not None else lock.backend or settings.backend
+    backend = judged_backend(pipeline.path, settings)
     found = verdicts(pipeline, [s.step for s in plan.steps],
                      Cache(settings.cache_root(pipeline.path)), backend,
                      locked_keys={sid: e.key for sid, e in lock.steps.items()},
                      forced=frozenset(forced_steps(pipeline, force, force_all)))
     return with_verdicts(plan, pipeline, {sid: (v.verdict, v.reason) for sid, v in found.items()})
+
+
+def judged_backend(pipeline_path: Path, settings: Settings) -> str:
+    """The backend `plan` judges a pipeline for: the simulator with --sim, else the
+    lock's, else the one `run` would use (KLINGFLOW_API_BASE, or useapi.net)."""
+    if settings.sim is not None:
+        return settings.backend
+    return read_lock(lock_path(pipeline_path)).backend or settings.backend

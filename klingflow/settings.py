@@ -15,6 +15,7 @@ from klingflow.cache import CACHE_DIR_NAME
 from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
+SIM_DIR_NAME = ".klingflow-sim"
 SIM_BACKOFF = 0.2
 REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
@@ -52,6 +53,7 @@ class Settings:
     token: str | None = field(default=None, repr=False)  # USEAPI_TOKEN; never printed
     base_url: str = DEFAULT_API_BASE  # KLINGFLOW_API_BASE
     home: Path | None = None  # KLINGFLOW_HOME: the cache root for every pipeline
+    sim_home: Path | None = None  # KLINGFLOW_SIM_HOME: the simulated service's state
     sim: SimOptions | None = None  # run on the embedded simulator
     run: RunFlags = field(default_factory=RunFlags)
 
@@ -60,10 +62,11 @@ class Settings:
                          sim: SimOptions | None = None,
                          run: RunFlags | None = None) -> Settings:
         env = os.environ if environ is None else environ
-        home = env.get("KLINGFLOW_HOME")
+        home, sim_home = env.get("KLINGFLOW_HOME"), env.get("KLINGFLOW_SIM_HOME")
         return cls(token=env.get("USEAPI_TOKEN") or None,
                    base_url=env.get("KLINGFLOW_API_BASE") or DEFAULT_API_BASE,
-                   home=Path(home) if home else None, sim=sim, run=run or RunFlags())
+                   home=Path(home) if home else None,
+                   sim_home=Path(sim_home) if sim_home else None, sim=sim, run=run or RunFlags())
 
     @property
     def backend(self) -> str:
@@ -87,6 +90,12 @@ class Settings:
     def cache_root(self, pipeline_path: Path) -> Path:
         """KLINGFLOW_HOME, else `.klingflow/` beside the pipeline."""
         return self.home if self.home else pipeline_path.resolve().parent / CACHE_DIR_NAME
+
+    def sim_state_dir(self, folder: Path) -> Path:
+        """Where the simulated service keeps its accounts, uploads and tasks: apart from
+        the cache, so deleting the cache does not delete the service's tasks.
+        KLINGFLOW_SIM_HOME, else `.klingflow-sim/` in the pipelines' folder."""
+        return self.sim_home if self.sim_home else folder / SIM_DIR_NAME
 
 
 def backend_name(base_url: str) -> str:

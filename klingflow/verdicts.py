@@ -16,7 +16,7 @@ from typing import Any
 from klingflow.cache import Cache, CacheEntry
 from klingflow.files import canonical_hash, file_hash
 from klingflow.plan import endpoint_of, request_body
-from klingflow.spec.pipeline import Pipeline, Ref, Step
+from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
 
 OutputHash = Callable[[Ref], str]
 
@@ -43,7 +43,8 @@ def request_key(step: Step, pipeline: Pipeline, backend: str,
 class Verdict:
     step_id: str
     verdict: str  # CACHED or WILL_RUN
-    reason: str  # "" when cached; else new, changed: FIELD, upstream changed, forced...
+    reason: str  # "" when cached; else new (never run, or its upstream is), changed: FIELD,
+    # upstream changed: ID (a step whose output the request carries will run), forced...
     key: str | None  # None while an upstream step has no result yet
     entry: CacheEntry | None
 
@@ -61,9 +62,11 @@ def verdicts(pipeline: Pipeline, order: list[Step], cache: Cache, backend: str, 
 
 def _verdict(step: Step, pipeline: Pipeline, cache: Cache, backend: str,
              found: Mapping[str, Verdict], locked_key: str | None, forced: bool) -> Verdict:
-    upstream = [n for n in step.needs if found[n].entry is None or found[n].verdict != CACHED]
+    upstream = [n for n in _referenced(step) if found[n].verdict != CACHED]
     if upstream:
-        return Verdict(step.id, WILL_RUN, f"upstream changed: {upstream[0]}", None, None)
+        new = locked_key is None or found[upstream[0]].reason == "new"
+        reason = "new" if new else f"upstream changed: {upstream[0]}"
+        return Verdict(step.id, WILL_RUN, reason, None, None)
 
     def output_hash(ref: Ref) -> str:
         entry = found[ref.name].entry
@@ -77,6 +80,14 @@ def _verdict(step: Step, pipeline: Pipeline, cache: Cache, backend: str,
     if entry is not None:
         return Verdict(step.id, CACHED, "", key, entry)
     return Verdict(step.id, WILL_RUN, _why_not_cached(request, locked_key, cache), key, None)
+
+
+def _referenced(step: Step) -> list[str]:
+    """The steps whose outputs the request carries, in `needs` order. A step named only
+    in `needs:` orders the run; it does not change the request, nor its key."""
+    refs = {r.name for value in step.params.values() if isinstance(value, Template)
+            for r in value.refs if r.scope == "steps"}
+    return [n for n in step.needs if n in refs]
 
 
 def _why_not_cached(request: Mapping[str, Any], locked_key: str | None, cache: Cache) -> str:

@@ -204,7 +204,8 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
     transport = transport_wrapper(inner) if transport_wrapper else inner
     async with httpx.AsyncClient(transport=transport) as http:  # enters the app's lifespan
         client = KlingClient(http, token=config.token, base_url=IN_PROCESS_BASE, sleep=no_sleep)
-        accounts = await service_accounts(client, pipeline, base_url=IN_PROCESS_BASE, within=5,
+        accounts = await service_accounts(client, pipeline.accounts, base_url=IN_PROCESS_BASE,
+                                          within=5,
                                           retrier=Retrier(), on_event=lambda event: None)
         executor = Executor(pipeline=pipeline, plan=plan, client=client, accounts=accounts,
                             run_dir=run_dir, journal=journal,

@@ -20,6 +20,7 @@ import pytest
 from klingflow.cli import main
 from klingflow.models import PRICES, PriceKey
 from tests.conftest import EXAMPLE_FILES, PIPELINES, ROOT
+from tests.effecthelpers import keep_sim_catalogues
 
 if not hasattr(pytest.importorskip("klingflow.spec"), "load_pipeline"):
     pytest.skip("klingflow.spec.load_pipeline has not landed yet", allow_module_level=True)
@@ -82,8 +83,16 @@ EXAMPLES: dict[str, Expected] = {
 }
 
 
+@pytest.fixture(autouse=True)
+def sim_catalogue_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Examples are judged by the simulator's catalogue, kept in a cache of their own."""
+    home = tmp_path / "kept"
+    keep_sim_catalogues(home)
+    monkeypatch.setenv("KLINGFLOW_HOME", str(home))
+
+
 def plan_json(path: Path, capsys: pytest.CaptureFixture[str]) -> dict:
-    assert main(["plan", "--json", str(path)]) == 0
+    assert main(["plan", "--sim", "--json", str(path)]) == 0
     data: dict = json.loads(capsys.readouterr().out)
     return data
 
@@ -100,7 +109,7 @@ def test_example_has_the_schema_modeline(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_validates(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(PIPELINES / f"{name}.yaml")]) == 0
+    assert main(["validate", "--sim", str(PIPELINES / f"{name}.yaml")]) == 0
     assert capsys.readouterr().err == ""
 
 
@@ -125,7 +134,7 @@ def test_example_plan_json(name: str, capsys: pytest.CaptureFixture[str]) -> Non
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_plan_text(name: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(PIPELINES / f"{name}.yaml")]) == 0
+    assert main(["plan", "--sim", str(PIPELINES / f"{name}.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"plan of {name} (")
     known = f"{len(EXAMPLES[name].steps)} steps, {EXAMPLES[name].credits} credits"
@@ -182,7 +191,7 @@ def test_url_inputs_and_no_accounts(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_unknown_price_is_named_in_text(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(PIPELINES / "effect-looks.yaml")]) == 0
+    assert main(["plan", "--sim", str(PIPELINES / "effect-looks.yaml")]) == 0
     out = capsys.readouterr().out
     assert out.count("unknown (no published price for effect:cyberpunk std 5 s; "
                      "add it under prices:)") == 2
@@ -205,7 +214,8 @@ def _budget_position(path: Path) -> tuple[int, int]:
     raise AssertionError("no budget line")
 
 
-@pytest.mark.parametrize("command", [["plan"], ["plan", "--json"], ["validate"]])
+@pytest.mark.parametrize("command", [["plan", "--sim"], ["plan", "--sim", "--json"],
+                                     ["validate", "--sim"]])
 def test_budget_exceeded(tmp_path: Path, command: list[str],
                          capsys: pytest.CaptureFixture[str]) -> None:
     path = _copy_with_budget(tmp_path, 74)
@@ -220,7 +230,7 @@ def test_budget_exceeded(tmp_path: Path, command: list[str],
 
 def test_budget_equal_to_the_known_cost_passes(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(_copy_with_budget(tmp_path, 75))]) == 0
+    assert main(["plan", "--sim", str(_copy_with_budget(tmp_path, 75))]) == 0
     assert "budget: 75 credits, 0 left after the known cost" in capsys.readouterr().out
 
 

@@ -136,9 +136,12 @@ def test_effect_body() -> None:
         "mode": "std"}
 
 
-def test_pro_only_effect_defaults_to_pro() -> None:
-    s = step("fx", "effect", effect="spinoff", image=ref("inputs.hero"))
-    assert placeholders(s, pipeline(s))["mode"] == "pro"
+def test_an_effect_is_sent_with_its_mode_else_the_services_default() -> None:
+    """The planner knows no effects: the loader fills in the mode of a one-mode effect."""
+    given = step("fx", "effect", effect="spinoff", image=ref("inputs.hero"), mode="pro")
+    unset = step("fx", "effect", effect="spinoff", image=ref("inputs.hero"))
+    assert placeholders(given, pipeline(given))["mode"] == "pro"
+    assert placeholders(unset, pipeline(unset))["mode"] == "std"
 
 
 def test_endpoints_are_data() -> None:

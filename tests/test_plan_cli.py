@@ -116,7 +116,10 @@ steps:
         ("5", "kling-v2-1", "pro")]
 
 
-def test_budget_exceeded_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_budget_exceeded_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KLINGFLOW_HOME", raising=False)
+    monkeypatch.delenv("KLINGFLOW_API_BASE", raising=False)
     path = write(tmp_path, """\
 limits:
   budget: 30
@@ -128,7 +131,10 @@ steps:
     assert main(["plan", str(path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err == (
+    assert captured.err == (  # no catalogue kept: said once, and not a problem
+        f"{path}: note: effect names, modes and prompts are unchecked: no catalogue of "
+        "useapi.net is kept for studio@example.com; fetch it with: klingflow effects "
+        f"{path}\n"
         f"{path}:10:11: limits.budget: the known cost of 40 credits exceeds the budget of 30; "
         "raise limits.budget or remove steps\n1 problem found\n")
 

@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import pytest
 
-from klingflow.models import EFFECTS, PriceKey, price_of
+from klingflow.models import PriceKey, price_of
+from klingflow.sim.catalogue import CATALOGUE, SimEffect
 from klingflow.sim.rules import SIM_CREDITS_PER_SECOND
 from tests.test_sim_support import SEED_EMAIL, png, sim
 
@@ -120,9 +121,9 @@ async def test_seed_effects_bodies_are_accepted(body: dict[str, Any]) -> None:
         args = arguments(reply)
         assert args["special_effect"] == "rocket" and args["model_mode"] == "std"
         assert args["seStepName"] == "seSubmit" and args["biz"] == "klingai"
+        assert args["prompt"] == body.get("prompt", "Rocket Launch effect")  # rocket takes one
         [entry] = await s.ledger()
-        # rocket does not take a prompt: the seed's prompt is accepted and ignored
-        assert entry["ignored"] == (["prompt"] if "prompt" in body else [])
+        assert entry["ignored"] == []
         assert entry["credits"] == 5 * SIM_CREDITS_PER_SECOND
 
 
@@ -201,15 +202,23 @@ BAD_FRAMES = [
      "Account nobody@example.com is not configured, add it with POST /accounts"),
 ]
 
-SUPPORTED = "rocket,spinoff,cartoon,cyberpunk,expansion,squish"
+SUPPORTED = ("rocket,spinoff,cartoon,cyberpunk,expansion,fuzzyfuzzy,squish,bloombloom,"
+             "heart_gesture,dizzydizzy,jelly_jiggle,pixelpixel,instant_film,inner_voice,"
+             "anime_figure,bullet_time,vogue_walk")
 BAD_EFFECTS = [
     ({"image": IMAGE}, "effect is required"),
     ({"effect": "rocket"}, "image is required"),
     ({"effect": "nope", "image": IMAGE}, f"Effect nope not found. Supported effects: {SUPPORTED}"),
     ({"effect": "hug", "image": IMAGE},
      "Effect hug is not supported yet (effectSupported: false, it needs image preprocessing)"),
+    ({"effect": "balloon_parade", "image": IMAGE},
+     "Effect balloon_parade is no longer available (it lists no supported modes)"),
     ({"effect": "spinoff", "image": IMAGE, "mode": "std"},
      "Effect spinoff does not support mode std. Supported modes: pro"),
+    ({"effect": "spinoff", "image": IMAGE},
+     "Effect spinoff does not support mode std. Supported modes: pro"),
+    ({"effect": "heart_gesture", "image": IMAGE, "mode": "pro"},
+     "Effect heart_gesture does not support mode pro. Supported modes: std"),
     ({"effect": "rocket", "image": IMAGE, "mode": "fast"},
      "Unsupported mode fast. Supported values: std,pro"),
     ({"effect": "cartoon", "image": IMAGE, "prompt": "y" * 2501},
@@ -428,7 +437,9 @@ async def test_effects_catalogue() -> None:
     async with sim() as s:
         catalogue = (await s.client.get("/videos/effects")).json()
         by_name = {e["name"]: e for e in catalogue}
-        assert list(by_name) == list(EFFECTS)
+        assert len(catalogue) >= 20
+        assert {"rocket", "spinoff", "cartoon", "cyberpunk", "expansion", "fuzzyfuzzy", "squish",
+                "hug", "kiss", "heart_gesture", "bloombloom"} <= set(by_name)
         for entry in catalogue:
             assert {"name", "caption", "supportedModelMode", "effectSupported", "promptSupported",
                     "compositedSchema", "coverUrl", "webVideoUrl"} <= set(entry)
@@ -436,12 +447,42 @@ async def test_effects_catalogue() -> None:
                                                                   "defaultPrompt"}
         assert by_name["spinoff"]["supportedModelMode"] == ["pro"]
         assert by_name["hug"]["effectSupported"] is False
-        assert by_name["rocket"]["promptSupported"] is False
-        assert by_name["cartoon"]["promptSupported"] is True
+        assert by_name["balloon_parade"]["supportedModelMode"] == []
+        assert by_name["fuzzyfuzzy"]["promptSupported"] is False
+        assert by_name["rocket"]["promptSupported"] is True
+        assert by_name["rocket"]["hot"] is True and "hot" not in by_name["squish"]
         cover = await s.client.get(by_name["rocket"]["coverUrl"])
         assert cover.headers["content-type"] == "image/jpeg"
         sample = await s.client.get(by_name["rocket"]["webVideoUrl"])
         assert sample.headers["content-type"] == "video/mp4" and sample.content[4:8] == b"ftyp"
+
+
+OWN = (SimEffect("rocket", "Rocket Launch", ("pro",), False),
+       SimEffect("glitter", "Glitter", ("std",), True))
+
+
+async def test_an_account_may_have_a_catalogue_of_its_own() -> None:
+    accounts = [("a@example.com", 1), ("b@example.com", 1)]
+    async with sim(accounts=accounts, account_effects={"b@example.com": OWN}) as s:
+        mine = (await s.client.get("/videos/effects", params={"email": "b@example.com"})).json()
+        assert [(e["name"], e["supportedModelMode"]) for e in mine] == [
+            ("rocket", ["pro"]), ("glitter", ["std"])]
+        theirs = (await s.client.get("/videos/effects", params={"email": "a@example.com"})).json()
+        assert len(theirs) == len(CATALOGUE)
+        refused = await s.effect(effect="fuzzyfuzzy", image=IMAGE, email="b@example.com")
+        assert refused.json() == {
+            "error": "Effect fuzzyfuzzy not found. Supported effects: rocket,glitter"}
+        assert (await s.effect(effect="glitter", image=IMAGE, email="b@example.com")
+                ).status_code == 200
+        assert (await s.effect(effect="fuzzyfuzzy", image=IMAGE, email="a@example.com")
+                ).status_code == 200
+
+
+async def test_the_catalogue_of_an_account_that_is_not_configured_is_refused() -> None:
+    async with sim() as s:
+        response = await s.client.get("/videos/effects", params={"email": "x@example.com"})
+        assert (response.status_code, response.json()) == (400, {
+            "error": "Account x@example.com is not configured, add it with POST /accounts"})
 
 
 async def test_history_newest_first_with_time_filters() -> None:

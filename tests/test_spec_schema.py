@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from klingflow.models import EFFECTS, MODELS, MODES
+from klingflow.models import MODELS, MODES
 from klingflow.spec.fastschema import compile_check
 from tests.test_spec_helpers import HEAD, problems
 
@@ -32,10 +32,17 @@ def test_schema_is_valid_2020_12() -> None:
 def test_schema_enums_follow_the_tables() -> None:
     defs = _schema()["$defs"]
     assert defs["model_name"]["enum"] == list(MODELS)
-    assert defs["effect"]["enum"] == list(EFFECTS)
     assert defs["mode"]["enum"] == list(MODES)
-    assert defs["price"]["properties"]["model"]["enum"] == [
-        *MODELS, *(f"effect:{e}" for e in EFFECTS)]
+    models, effects = defs["price"]["properties"]["model"]["anyOf"]
+    assert models["enum"] == list(MODELS)
+    assert effects["pattern"] == "^effect:[^\\s]+$"
+
+
+def test_effect_names_are_the_catalogues_not_the_schemas() -> None:
+    """No effect list in the schema: any name validates until a catalogue is kept."""
+    defs = _schema()["$defs"]
+    assert defs["effect"] == {**defs["effect"], "type": "string", "minLength": 1}
+    assert "enum" not in defs["effect"]
 
 
 def _objects(node: Any) -> list[dict[str, Any]]:
@@ -122,6 +129,9 @@ outputs:
         "and '_', starting with a letter or a digit",
         "p.yaml:6:20: limits.max_jobs: 0 is less than the minimum of 1",
         "p.yaml:6:31: limits.budget: -1 is less than the minimum of 0",
+        # every independent problem of a step is reported, whatever else is wrong with it
+        "p.yaml:8:5: steps[0] (id: a): a frames step needs image or image_tail (a start or "
+        "an end frame)",
         "p.yaml:10:5: steps[0] (id: a).promt: unknown key 'promt'; did you mean 'prompt'?",
         "p.yaml:11:15: steps[0] (id: a).duration: 'five' is not a whole number of seconds; "
         "write e.g. 5 or 10",
@@ -130,6 +140,9 @@ outputs:
         "kling-v3-0-turbo; did you mean 'kling-v2-6'?",
         "p.yaml:13:5: steps[0] (id: a).effect: unknown key 'effect': it is not a field of "
         "frames steps; remove it or change kind",
+        "p.yaml:14:5: steps[1] (id: b): an effect step needs effect (a name from the effects "
+        "catalogue)",
+        "p.yaml:14:5: steps[1] (id: b): an effect step needs image",
         "p.yaml:16:5: steps[1] (id: b).duration: unknown key 'duration': it is not a field of "
         "effect steps; remove it or change kind",
         "p.yaml:17:11: steps[2] (id: c).kind: 'clip' is not one of frames, effect",

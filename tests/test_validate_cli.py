@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 
 from klingflow.cli import main
+from klingflow.lockfile import lock_path, write_lock
+from klingflow.plan import build_plan
+from klingflow.spec import load_pipeline
 from tests.conftest import EXAMPLE_FILES
+from tests.effecthelpers import keep_sim_catalogues
 
 GOOD = """\
 version: 1
@@ -25,10 +29,17 @@ steps:
 """
 
 
+@pytest.fixture(autouse=True)
+def sim_catalogue_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Effects are judged by the simulator's catalogue (`--sim`), kept here."""
+    keep_sim_catalogues(tmp_path / "kept")
+    monkeypatch.setenv("KLINGFLOW_HOME", str(tmp_path / "kept"))
+
+
 def test_valid_file_prints_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "good.yaml"
     path.write_text(GOOD)
-    assert main(["validate", str(path)]) == 0
+    assert main(["validate", "--sim", str(path)]) == 0
     out = capsys.readouterr()
     assert out.out == f"{path}: ok (2 steps)\n"
     assert out.err == ""
@@ -38,7 +49,7 @@ def test_problems_then_count_exit_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
     good.write_text(GOOD)
     bad.write_text(BAD)
-    assert main(["validate", str(good), str(bad)]) == 2
+    assert main(["validate", "--sim", str(good), str(bad)]) == 2
     out = capsys.readouterr()
     assert out.out == f"{good}: ok (2 steps)\n"
     assert out.err.splitlines() == [
@@ -65,4 +76,19 @@ EXAMPLES = EXAMPLE_FILES
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_every_example_pipeline_validates(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(path)]) == 0, capsys.readouterr().err
+    assert main(["validate", "--sim", str(path)]) == 0, capsys.readouterr().err
+
+
+def test_a_lock_file_among_the_pipelines_is_skipped_with_a_note(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`klingflow validate pipelines/*.yaml` after a run sees NAME.lock.yaml too."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    plan = build_plan(load_pipeline(good))
+    lock = lock_path(good)
+    write_lock(lock, name="good", backend="sim", plan=plan, entries={})
+    assert main(["validate", "--sim", str(good), str(lock)]) == 0
+    out = capsys.readouterr()
+    assert out.out == (f"{good}: ok (2 steps)\n"
+                       f"{lock}: skipped: a lock file written by klingflow run, not a pipeline\n")
+    assert out.err == ""

@@ -15,7 +15,7 @@ from klingflow.client import KlingClient
 from klingflow.errors import ApiError, TransportError, UsageError
 from klingflow.policy import Retrier, RetriesExhausted, RetryPolicy
 from klingflow.run.results import Event
-from klingflow.spec.pipeline import Account, Pipeline
+from klingflow.spec.pipeline import Account
 
 SERVICE = "(service)"  # the progress line's name for what is not a step
 
@@ -26,16 +26,17 @@ def reaching(within: float) -> RetryPolicy:
                        retryable=lambda error: isinstance(error, ApiError) and error.retryable)
 
 
-async def service_accounts(client: KlingClient, pipeline: Pipeline, *, base_url: str,
-                           within: float, retrier: Retrier,
+async def service_accounts(client: KlingClient, declared: Mapping[str, Account], *,
+                           base_url: str, within: float, retrier: Retrier,
                            on_event: Callable[[Event], None]) -> dict[str, Account]:
-    """The accounts the run submits with, by alias; UsageError (exit 2) when the service
-    cannot be reached within `within` seconds, refuses the token, or lacks an account."""
+    """The accounts a run submits with, by alias: the `declared` ones (a pipeline's
+    accounts:), else the service's; UsageError (exit 2) when the service cannot be
+    reached within `within` seconds, refuses the token, or lacks a declared account."""
     listed = await _listed(client, base_url=base_url, within=within, retrier=retrier,
                            on_event=on_event)
-    if pipeline.accounts:
-        _check_declared(pipeline.accounts, listed, base_url)
-        return dict(pipeline.accounts)
+    if declared:
+        _check_declared(declared, listed, base_url)
+        return dict(declared)
     if not listed:
         raise UsageError(f"the service at {base_url} has no Kling account: add one at "
                          "useapi.net (POST /accounts), or declare accounts: in the pipeline")

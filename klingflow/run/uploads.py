@@ -45,15 +45,20 @@ class Uploads:
             source = self._pipeline.inputs[ref.name]
             if source.path is None:
                 return str(source.url)
-            return await self._upload(step, source.path, file_hash(source.path), email)
+            return await self._upload(step, source.path, file_hash(source.path), email,
+                                      source.content_type)
         output = self._output_of(ref)
         return await self._upload(step, output.path, output.sha256, email)
 
-    async def _upload(self, step: Step, path: Path, sha: str, email: str | None) -> str:
-        """An upload creates nothing billable, so transient errors are simply waited out."""
+    async def _upload(self, step: Step, path: Path, sha: str, email: str | None,
+                      content_type: str | None = None) -> str:
+        """An upload creates nothing billable, so transient errors are simply waited out.
+        An input goes as the type its content called for at validation (a phone's .MPO
+        is a JPEG)."""
         async with self._locks.setdefault(sha, anyio.Lock()):
             if sha not in self._urls:
-                content_type = CONTENT_TYPES.get(path.suffix.lower(), "image/png")
+                content_type = content_type or CONTENT_TYPES.get(path.suffix.lower(),
+                                                                 "image/png")
                 data = path.read_bytes()
                 try:
                     asset = await self._patience(step.timeout, lambda: self._client.upload_asset(

@@ -20,7 +20,6 @@ from starlette.routing import Route
 
 from klingflow import media
 from klingflow.kinds import KINDS
-from klingflow.models import EFFECTS
 from klingflow.sim import replies
 from klingflow.sim.config import SimConfig
 from klingflow.sim.faults import Visit
@@ -28,7 +27,6 @@ from klingflow.sim.forms import INVALID, read_fields
 from klingflow.sim.images import pattern_image
 from klingflow.sim.render import jpeg
 from klingflow.sim.service import Outcome, SimService
-from klingflow.sim.shapes import effects_catalogue
 from klingflow.sim.state import body_hash
 from klingflow.sim.transport import ResetResponse
 
@@ -149,7 +147,7 @@ async def _upload(request: Request, service: SimService, visit: Visit) -> Respon
 
 
 async def _effects(request: Request, service: SimService, visit: Visit) -> Response:
-    return _json(effects_catalogue(_origin(request)))
+    return _json(service.effects(request.query_params.get("email") or None, _origin(request)))
 
 
 async def _accounts(request: Request, service: SimService, visit: Visit) -> Response:
@@ -216,7 +214,7 @@ async def _effect_cover(request: Request) -> Response:
 
 
 async def _effect_video(request: Request) -> Response:
-    effect = EFFECTS.get(request.path_params["name"])
+    effect = _service(request).effect(request.path_params["name"])
     if effect is None or effect.motion not in media.MOTIONS:
         return _json(replies.NOT_FOUND, 404)
     picture = pattern_image(f"effect:{effect.name}")

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 
 from klingflow.errors import UsageError
+from klingflow.sim.catalogue import CATALOGUE, SimEffect
 
 DEFAULT_ACCOUNT = ("sim@example.com", 3)
 CLIP_SIZE = (400, 304)
@@ -73,6 +74,8 @@ class SimConfig:
     `state_dir` makes the service durable (klingflow.sim.persist): a later process, or
     another one at the same time, carries on as the same service. Its clock must be
     the wall clock (time.time, the default then), since task times outlive processes.
+    `effects` is the service's effects catalogue; `account_effects` gives an account
+    (by email) a catalogue of its own, as Kling's may differ between accounts.
     """
 
     token: str = "test-token"
@@ -90,6 +93,8 @@ class SimConfig:
     callback_transport: httpx.AsyncBaseTransport | None = None
     state_dir: Path | None = None
     cheap_render: bool = False  # one shared low-rate clip per duration (benchmarks)
+    effects: tuple[SimEffect, ...] = CATALOGUE
+    account_effects: dict[str, tuple[SimEffect, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.state_dir is not None and self.clock is time.monotonic:
@@ -99,6 +104,10 @@ class SimConfig:
         if callable(self.accept_urls):
             return bool(self.accept_urls(url))
         return url in self.accept_urls
+
+    def effects_for(self, email: str | None) -> tuple[SimEffect, ...]:
+        """The catalogue of the account `email`; the service's own without one."""
+        return self.account_effects.get(email or "", self.effects)
 
     @property
     def task_duration(self) -> float:

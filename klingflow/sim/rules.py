@@ -2,18 +2,20 @@
 
 Like the real service, a field the chosen model (or endpoint) does not support is
 accepted and ignored; the order lists it in `ignored`. Values out of range, unknown
-models and effects are refused with 400 (texts in klingflow.sim.replies).
+models and effects are refused with 400 (texts in klingflow.sim.replies). Effects
+are judged against the catalogue of the account the body names (klingflow.sim.catalogue).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from klingflow import kinds, models
-from klingflow.models import EFFECTS, MAX_PROMPT, MODELS, Effect, ModelRules, PriceKey
+from klingflow.models import MAX_PROMPT, MODELS, ModelRules, PriceKey
 from klingflow.sim import replies
+from klingflow.sim.catalogue import SimEffect, find, usable_names
 
 FRAMES = kinds.FRAMES.endpoint_name
 EFFECTS_ENDPOINT = kinds.EFFECT.endpoint_name
@@ -237,25 +239,26 @@ def _frames_arguments(prompt: str | None, negative: str | None, cfg: float | Non
 
 # ---- image2video-effects ---------------------------------------------------------------
 
-
-def supported_effects() -> list[str]:
-    return [e.name for e in EFFECTS.values() if e.effect_supported]
+Catalogue = tuple[SimEffect, ...]
 
 
-def _effect(body: Mapping[str, Any]) -> Effect:
+def _effect(body: Mapping[str, Any], catalogue: Catalogue) -> SimEffect:
     name = _text(body, "effect")
     if name is None:
         raise replies.bad_request("effect is required")
-    effect = EFFECTS.get(name)
+    effect = find(catalogue, name)
     if effect is None:
-        raise replies.effect_not_found(name, supported_effects())
+        raise replies.effect_not_found(name, usable_names(catalogue))
     if not effect.effect_supported:
         raise replies.bad_request(f"Effect {name} is not supported yet "
                                   "(effectSupported: false, it needs image preprocessing)")
+    if not effect.modes:
+        raise replies.bad_request(f"Effect {name} is no longer available "
+                                  "(it lists no supported modes)")
     return effect
 
 
-def _effect_mode(body: Mapping[str, Any], effect: Effect) -> str:
+def _effect_mode(body: Mapping[str, Any], effect: SimEffect) -> str:
     mode = _text(body, "mode") or models.DEFAULT_MODE
     if mode not in EFFECT_MODES:
         raise replies.value_not_allowed("mode", mode, ",".join(EFFECT_MODES))
@@ -265,8 +268,8 @@ def _effect_mode(body: Mapping[str, Any], effect: Effect) -> str:
     return mode
 
 
-def effects_order(body: Mapping[str, Any]) -> Order:
-    effect = _effect(body)
+def effects_order(body: Mapping[str, Any], catalogue: Catalogue) -> Order:
+    effect = _effect(body, catalogue)
     image = _text(body, "image")
     if image is None:
         raise replies.bad_request("image is required")
@@ -277,7 +280,7 @@ def effects_order(body: Mapping[str, Any]) -> Order:
     if prompt is not None and not effect.prompt_supported:
         ignored.append("prompt")
         prompt = None
-    used_prompt = prompt or default_prompt(effect)
+    used_prompt = prompt or effect.default_prompt
     arguments = (("special_effect", effect.name), ("prompt", used_prompt),
                  ("kling_version", effect.kling_version), ("model_mode", mode),
                  ("seStepName", "seSubmit"), ("biz", "klingai"))
@@ -290,8 +293,9 @@ def effects_order(body: Mapping[str, Any]) -> Order:
                  effect=effect.name, motion=effect.motion)
 
 
-def default_prompt(effect: Effect) -> str:
-    return f"{effect.caption} effect"
-
-
-ORDER_BUILDERS = {FRAMES: frames_order, EFFECTS_ENDPOINT: effects_order}
+def build_order(endpoint: str, body: Mapping[str, Any],
+                effects_for: Callable[[str | None], Catalogue]) -> Order:
+    """The order a generation POST asks for; effects judged by the named account's catalogue."""
+    if endpoint == FRAMES:
+        return frames_order(body)
+    return effects_order(body, effects_for(_text(body, "email")))

@@ -22,12 +22,13 @@ from PIL import Image
 
 from klingflow.sim import replies, shapes
 from klingflow.sim.callbacks import Notifier
+from klingflow.sim.catalogue import SimEffect, find
 from klingflow.sim.config import SimConfig
 from klingflow.sim.faults import Visit
 from klingflow.sim.images import decode, pattern_image
 from klingflow.sim.persist import open_store
 from klingflow.sim.render import Renderer
-from klingflow.sim.rules import ORDER_BUILDERS, Order
+from klingflow.sim.rules import Order, build_order
 from klingflow.sim.state import FINAL, SUCCEED, Asset, SimState, Task, body_hash
 
 FORBIDDEN = re.compile(r"\bforbidden\b", re.IGNORECASE)
@@ -90,7 +91,7 @@ class SimService:
 
     def _generate(self, endpoint: str, body: dict[str, Any], visit: Visit,
                   origin: str) -> Outcome:
-        order = ORDER_BUILDERS[endpoint](body)
+        order = build_order(endpoint, body, self.config.effects_for)
         self._check_images(order)
         if FORBIDDEN.search(order.prompt) or FORBIDDEN.search(str(body.get("prompt", ""))):
             raise replies.SimError(500, dict(replies.MODERATION))
@@ -218,7 +219,22 @@ class SimService:
         with self.store.read():
             return self.state.assets.get(name)
 
-    # ---- accounts, scheduler, inspection --------------------------------------------------
+    # ---- accounts, effects, scheduler, inspection ------------------------------------------
+
+    def effects(self, email: str | None, origin: str) -> list[dict[str, Any]]:
+        """GET /videos/effects: the catalogue of the account `email` names (which must exist)."""
+        if email is not None:
+            with self.store.read():
+                self.state.account_named(email)
+        return shapes.effects_catalogue(self.config.effects_for(email), origin)
+
+    def effect(self, name: str) -> SimEffect | None:
+        """An effect any account's catalogue lists (for its sample clip and cover)."""
+        for catalogue in (self.config.effects, *self.config.account_effects.values()):
+            found = find(catalogue, name)
+            if found is not None:
+                return found
+        return None
 
     def accounts(self) -> dict[str, Any]:
         with self.store.read():

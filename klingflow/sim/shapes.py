@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from klingflow.models import EFFECTS, Effect
+from klingflow.sim.catalogue import SimEffect
 from klingflow.sim.replies import FAILED_MESSAGE
-from klingflow.sim.rules import FRAMES, default_prompt
+from klingflow.sim.rules import FRAMES
 from klingflow.sim.state import FINAL, STATUS_CODES, SUCCEED, Account, SimState, Task
 
 TASK_TYPES = {FRAMES: "m2v_img2video_hq", "image2video-effects": "m2v_img2video_se_hq"}
@@ -124,24 +124,25 @@ def history_entry(state: SimState, task: Task, sig: str | None,
     return {"task": task_record(state, task, status), "works": works, **trio(status)}
 
 
-def effect_entry(effect: Effect) -> dict[str, Any]:
-    return {"name": effect.name, "caption": effect.caption,
-            "supportedModelMode": list(effect.modes),
-            "effectSupported": effect.effect_supported,
-            "promptSupported": effect.prompt_supported,
-            "compositedSchema": {"process": {"taskType": TASK_TYPES["image2video-effects"],
-                                             "taskVersion": effect.kling_version,
-                                             "defaultPrompt": default_prompt(effect)}},
-            "coverUrl": f"/_sim/effects/{effect.name}.jpg",
-            "webVideoUrl": f"/_sim/effects/{effect.name}.mp4", "duration": effect.duration}
+def effect_entry(effect: SimEffect, origin: str) -> dict[str, Any]:
+    entry = {"name": effect.name, "caption": effect.caption,
+             "supportedModelMode": list(effect.modes),
+             "effectSupported": effect.effect_supported,
+             "promptSupported": effect.prompt_supported,
+             "compositedSchema": {"process": {"taskType": TASK_TYPES["image2video-effects"],
+                                              "taskVersion": effect.kling_version,
+                                              "defaultPrompt": effect.default_prompt}},
+             "coverUrl": f"{origin}/_sim/effects/{effect.name}.jpg",
+             "webVideoUrl": f"{origin}/_sim/effects/{effect.name}.mp4",
+             "duration": effect.duration}
+    if effect.hot:
+        entry["hot"] = True
+    return entry
 
 
-def effects_catalogue(origin: str) -> list[dict[str, Any]]:
-    entries = [effect_entry(e) for e in EFFECTS.values()]
-    for entry in entries:
-        entry["coverUrl"] = origin + entry["coverUrl"]
-        entry["webVideoUrl"] = origin + entry["webVideoUrl"]
-    return entries
+def effects_catalogue(catalogue: tuple[SimEffect, ...], origin: str) -> list[dict[str, Any]]:
+    """GET /videos/effects: every entry, retired ones included, as the service lists them."""
+    return [effect_entry(e, origin) for e in catalogue]
 
 
 def account_entry(state: SimState, account: Account, *, balance: bool) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from klingflow.spec.load import load_pipeline
+from klingflow.spec.load import load_pipeline, read_pipeline_accounts
 from klingflow.spec.pipeline import (
     STEP_ATTRIBUTES,
     Account,
@@ -30,4 +30,5 @@ __all__ = [
     "Template",
     "Value",
     "load_pipeline",
+    "read_pipeline_accounts",
 ]

@@ -168,6 +168,7 @@ _BUILDERS: dict[str, Callable[[Any, dict[str, Any], Root], Check]] = {
     "maximum": _numeric(lambda v, limit: v <= limit),
     "exclusiveMinimum": _numeric(lambda v, limit: v > limit),
     "minLength": _sized(str, lambda n, limit: n >= limit),
+    "maxLength": _sized(str, lambda n, limit: n <= limit),
     "minItems": _sized(list, lambda n, limit: n >= limit),
     "minProperties": _sized(dict, lambda n, limit: n >= limit),
     "propertyNames": _property_names,

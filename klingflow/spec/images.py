@@ -1,30 +1,126 @@
-"""Local input images: present, PNG or JPEG by content, at least 300 px, at most 10 MB."""
+"""Input images, checked before anything is spent.
+
+A local file must be a whole PNG or JPEG (a phone's MPO is a JPEG with extra frames),
+at least 300 px on each side, at most 10 MB (the limits of POST /assets) and at most
+MAX_PIXELS. Its header is read, then the file is read through to its end (PNG
+chunks and checksums; a JPEG decoded at 1/8 scale), so a truncated or damaged file
+is found without decoding a large picture in full. A URL must be http(s) with a host
+and no spaces.
+"""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 MIN_SIDE = 300
 MAX_BYTES = 10 * 1024 * 1024
-FORMATS = ("PNG", "JPEG")
+MAX_PIXELS = 89_478_485
+"""klingflow's own limit (Kling publishes none but 10 MB): Pillow's decompression-bomb
+threshold, about 9,459 x 9,459; a bigger picture takes gigabytes to decode."""
+CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "MPO": "image/jpeg"}
+"""Format (as Pillow reads the content) -> the Content-Type the upload sends."""
 
 
-def image_problem(path: Path, written: str) -> str | None:
-    """Why the file at `path` cannot be uploaded as an image, or None."""
+@dataclass(frozen=True, slots=True)
+class ImageCheck:
+    """What a local input is: its problem, or the Content-Type it is uploaded as."""
+
+    problem: str | None
+    content_type: str | None = None
+
+
+def check_image(path: Path, written: str) -> ImageCheck:
+    """Whether the file at `path` can be uploaded as an input image, and as what."""
+    if path.is_dir():
+        return ImageCheck(f"{written!r} is a directory, not an image file (looked for "
+                          f"{path}); name a PNG or JPEG file")
     if not path.is_file():
-        return f"{written!r} does not exist (looked for {path}); fix the path, relative to the pipeline file"
+        return ImageCheck(f"{written!r} does not exist (looked for {path}); fix the path, "
+                          "relative to the pipeline file")
     size = path.stat().st_size
     if size > MAX_BYTES:
-        return f"{written!r} is {size / 1024 / 1024:.1f} MB; an input image is at most 10 MB"
+        return ImageCheck(f"{written!r} is {size / 1024 / 1024:.1f} MB; an input image is at "
+                          "most 10 MB")
+    return _check_content(path, written)
+
+
+def _check_content(path: Path, written: str) -> ImageCheck:
     from PIL import Image, UnidentifiedImageError  # only pipelines with local files need it
 
     try:
-        with Image.open(path) as image:
-            found, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
-        return f"{written!r} is not a PNG or JPEG image (its content is not an image)"
-    if found not in FORMATS:
-        return f"{written!r} is a {found} image; convert it to PNG or JPEG"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                found, (width, height) = image.format or "", image.size
+                problem = _shape_problem(written, found, width, height) or \
+                    _whole_problem(image, written, found)
+    except Image.DecompressionBombError:
+        problem = _too_many_pixels(written, *_size_of_bomb(path))
+    except UnidentifiedImageError:
+        problem = f"{written!r} is not a PNG or JPEG image (its content is not an image)"
+    except OSError as exc:
+        problem = f"{written!r} cannot be read: {exc.strerror or exc}"
+    return ImageCheck(problem, None if problem else CONTENT_TYPES[found])
+
+
+def _shape_problem(written: str, found: str, width: int, height: int) -> str | None:
+    if found not in CONTENT_TYPES:
+        return f"{written!r} is a {found or 'non-PNG, non-JPEG'} image; convert it to PNG or JPEG"
+    if width * height > MAX_PIXELS:
+        return _too_many_pixels(written, width, height)
     if min(width, height) < MIN_SIDE:
-        return f"{written!r} is {width}x{height} px; an input image is at least {MIN_SIDE} px on each side"
+        return (f"{written!r} is {width}x{height} px; an input image is at least {MIN_SIDE} px "
+                "on each side")
+    return None
+
+
+def _whole_problem(image: object, written: str, found: str) -> str | None:
+    """Read to the end: PNG chunks and checksums (verify), a JPEG decoded at 1/8 scale."""
+    try:
+        if found == "PNG":
+            image.verify()  # type: ignore[attr-defined]
+        else:
+            image.draft("RGB", (image.width // 8, image.height // 8))  # type: ignore[attr-defined]
+            image.load()  # type: ignore[attr-defined]
+    except (OSError, SyntaxError, ValueError, EOFError):
+        kind = "JPEG" if found == "MPO" else found
+        return f"{written!r} is a truncated or damaged {kind}; export or download it again"
+    return None
+
+
+def _too_many_pixels(written: str, width: int, height: int) -> str:
+    if not width:
+        return (f"{written!r} has more than {MAX_PIXELS:,} pixels; an input image is at most "
+                f"{MAX_PIXELS / 1e6:.1f} megapixels: scale it down")
+    return (f"{written!r} is {width}x{height} px ({width * height / 1e6:.1f} megapixels); an "
+            f"input image is at most {MAX_PIXELS / 1e6:.1f} megapixels: scale it down")
+
+
+def _size_of_bomb(path: Path) -> tuple[int, int]:
+    """The size in a header Pillow refused to open (too many pixels); (0, 0) if unknown."""
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    for reader in (PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile):
+        try:
+            with path.open("rb") as handle:
+                width, height = reader(handle).size
+                return width, height
+        except (OSError, SyntaxError, ValueError):
+            continue
+    return 0, 0
+
+
+def url_problem(text: str) -> str | None:
+    """Why `text`, an http(s) URL, cannot be sent as an image URL; None if it can."""
+    if any(c.isspace() for c in text):
+        return f"{text!r} is not a usable URL: it holds a space; write spaces as %20"
+    try:
+        host = urlsplit(text).hostname
+    except ValueError as exc:
+        return f"{text!r} is not a usable URL: {exc}"
+    if not host:
+        return f"{text!r} is not a usable URL: it names no host; write https://HOST/PATH"
     return None

@@ -72,11 +72,13 @@ class Account:
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """An image input: an http(s) URL, or a checked local file (absolute path)."""
+    """An image input: an http(s) URL, or a checked local file (absolute path) with the
+    Content-Type its content calls for (image/png or image/jpeg, whatever its name)."""
 
     name: str
     url: str | None = None
     path: Path | None = None
+    content_type: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,10 @@ class RefError(ValueError):
     """A reference that names nothing, or cannot be used where it is."""
 
 
+class ReportedRef(RefError):
+    """A reference to a value whose own problem is already reported: not reported again."""
+
+
 @dataclass(frozen=True, slots=True)
 class StepEntry:
     """What a reference may name of a step: its id and its expansions."""
@@ -36,6 +40,7 @@ class Names:
     steps: Mapping[str, StepEntry]
     matrix: Mapping[str, Any] | None = None  # key -> resolved value; None outside a matrix
     runtime: bool = True  # may ${inputs.*} / ${steps.*} be used here?
+    broken_vars: frozenset[str] = frozenset()  # declared, but their value was reported
 
 
 def has_refs(text: str) -> bool:
@@ -124,6 +129,8 @@ def _input(parts: tuple[str, ...], names: Names) -> Template:
 
 def _var(parts: tuple[str, ...], names: Names) -> Any:
     _shape(parts, 2, "${vars.NAME}")
+    if parts[1] in names.broken_vars:
+        raise ReportedRef(f"${{vars.{parts[1]}}} names a var whose value is wrong")
     _known(parts[1], names.vars, "var", "vars")
     return names.vars[parts[1]]
 
@@ -193,9 +200,9 @@ def _expansion(entry: StepEntry, name: str, index: str, written: str) -> str:
     if not entry.matrix:
         raise RefError(f"{written}: '{entry.id}' is not a matrix step; write '{entry.id}' "
                        "without '@'")
-    if name not in names:
+    if not (index.isdigit() and str(int(index)) == index and int(index) < len(names)):
         raise RefError(f"{written}: '{entry.id}' has {len(names)} expansions: {_span(names)}")
-    return name
+    return name  # checked by its number: a 10,000-step matrix is not searched per reference
 
 
 def _span(names: tuple[str, ...]) -> str:

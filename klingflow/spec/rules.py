@@ -1,27 +1,40 @@
-"""Kling's rules for one step's parameters, from the tables in `klingflow.models`.
+"""Kling's rules for one step's parameters: the model tables in `klingflow.models`, and
+for effects the service's own catalogue as last fetched (`klingflow.catalogue`).
 
 Pure functions: parameters in, `(field, message)` out; `field` None is the step
 as a whole. A field the model would silently ignore is an error (the user would
-pay for a clip without it), except `mode: pro` on a pro-only model.
+pay for a clip without it), except `mode: pro` on a pro-only model. Without a
+catalogue no effect name, mode or prompt is judged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
+from klingflow.catalogue import Catalogue, EffectEntry
 from klingflow.models import (
     AUDIO_ALWAYS,
     AUDIO_NEEDS_PRO,
+    DEFAULT_MODE,
     DEFAULT_MODEL,
-    EFFECTS,
     MAX_PROMPT,
     MODELS,
     ModelRules,
 )
 from klingflow.spec.pipeline import Template, Value
-from klingflow.spec.wording import one_of, show
+from klingflow.spec.wording import did_you_mean, one_of, show
 
 Finding = tuple[str | None, str]
+
+
+def required_findings(kind: str, params: Mapping[str, Value]) -> Iterator[Finding]:
+    """The fields a step of `kind` cannot do without, whatever its model or effect."""
+    if kind == "frames" and "image" not in params and "image_tail" not in params:
+        yield None, "a frames step needs image or image_tail (a start or an end frame)"
+    if kind == "effect" and "effect" not in params:
+        yield None, "an effect step needs effect (a name from the effects catalogue)"
+    if kind == "effect" and "image" not in params:
+        yield None, "an effect step needs image"
 
 
 def frames_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
@@ -33,9 +46,7 @@ def frames_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
 
 
 def _frames(rules: ModelRules, params: Mapping[str, Value]) -> Iterator[Finding]:
-    if "image" not in params and "image_tail" not in params:
-        yield None, "a frames step needs image or image_tail (a start or an end frame)"
-    elif rules.needs_image and "image" not in params:
+    if rules.needs_image and "image" not in params and "image_tail" in params:
         yield None, (f"{rules.name} needs a start frame; add image (only kling-v1-5 and "
                      "kling-v1-6 can start from image_tail alone)")
     duration = params.get("duration")
@@ -92,29 +103,64 @@ def _length(value: Value) -> int:
     return len(str(value))
 
 
-def effect_findings(params: Mapping[str, Value]) -> Iterator[Finding]:
-    if "effect" not in params:
-        yield None, "an effect step needs effect (a name from the effects catalogue)"
-    if "image" not in params:
-        yield None, "an effect step needs image"
-    effect = EFFECTS.get(str(params.get("effect")))
-    if effect is not None:
-        yield from _effect(effect.name, effect.effect_supported, effect.modes,
-                           effect.prompt_supported, params)
+def effect_findings(params: Mapping[str, Value],
+                    catalogues: Sequence[Catalogue]) -> Iterator[Finding]:
+    """An effect step's rules; its name, mode and prompt against each catalogue that
+    applies (one message per field, from the first catalogue that finds one)."""
+    name = params.get("effect")
+    if isinstance(name, str):
+        yield from _first_per_field(finding for catalogue in catalogues
+                                    for finding in _catalogue_findings(name, catalogue, params))
     yield from _prompt_lengths(params)
 
 
-def _effect(name: str, supported: bool, modes: tuple[str, ...], prompts: bool,
-            params: Mapping[str, Value]) -> Iterator[Finding]:
-    if not supported:
-        yield "effect", (f"effect '{name}' is not available (effectSupported is false in the "
-                         "catalogue); choose another effect")
-    mode = params.get("mode")
-    if mode is None and "std" not in modes:
-        yield "effect", f"effect '{name}' runs in {one_of(modes)} mode only; add mode: {modes[0]}"
+def _first_per_field(findings: Iterable[Finding]) -> Iterator[Finding]:
+    seen: set[str | None] = set()
+    for field, message in findings:
+        if field not in seen:
+            seen.add(field)
+            yield field, message
+
+
+def _catalogue_findings(name: str, catalogue: Catalogue,
+                        params: Mapping[str, Value]) -> Iterator[Finding]:
+    entry = catalogue.get(name)
+    if entry is None:
+        sim = " --sim" if catalogue.backend == "sim" else ""
+        hint = did_you_mean(name, catalogue.available) or \
+            f"; `klingflow effects{sim}` lists the available ones"
+        yield "effect", f"unknown effect '{name}': not in {catalogue.source}{hint}"
+    elif not entry.available:
+        why = "marks it effectSupported: false" if not entry.supported else \
+            "lists it with no modes (retired)"
+        yield "effect", (f"effect '{name}' is not available: {catalogue.source} {why}; "
+                         "choose another effect")
+    else:
+        yield from _mode_and_prompt(entry, params)
+
+
+def _mode_and_prompt(entry: EffectEntry, params: Mapping[str, Value]) -> Iterator[Finding]:
+    mode, modes = params.get("mode"), entry.modes
+    if mode is None and len(modes) > 1 and DEFAULT_MODE not in modes:
+        yield "effect", (f"effect '{entry.name}' runs in {one_of(modes)} mode only; "
+                         f"add mode: {modes[0]}")
     elif mode is not None and mode not in modes:
-        yield "mode", f"{show(mode)} is not one of {one_of(modes)} for effect '{name}'"
-    if "prompt" in params and not prompts:
-        takers = [e.name for e in EFFECTS.values() if e.prompt_supported and e.effect_supported]
-        yield "prompt", (f"effect '{name}' ignores prompt; remove it (effects that use a "
-                         f"prompt: {', '.join(takers)})")
+        yield "mode", f"{show(mode)} is not one of {one_of(modes)} for effect '{entry.name}'"
+    if "prompt" in params and not entry.prompt:
+        yield "prompt", (f"effect '{entry.name}' does not take a prompt (promptSupported is "
+                         "false) and the service would ignore it; remove prompt")
+
+
+def decided_effect_mode(params: Mapping[str, Value],
+                        catalogues: Sequence[Catalogue]) -> str | None:
+    """The mode of an effect step that sets none, when every catalogue that applies
+    lists exactly one mode for it, the same one; else None (the service's default)."""
+    name = params.get("effect")
+    if "mode" in params or not isinstance(name, str) or not catalogues:
+        return None
+    entries = [catalogue.get(name) for catalogue in catalogues]
+    modes = {e.modes for e in entries if e is not None}
+    if None in entries or len(modes) != 1:
+        return None
+    only = modes.pop()
+    return only[0] if len(only) == 1 else None

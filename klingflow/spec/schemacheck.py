@@ -147,6 +147,9 @@ def _message(error: ValidationError) -> str:
 
 
 def _size_message(error: ValidationError) -> str:
+    if error.validator == "maxLength":
+        return (f"{show(error.instance)} is {len(error.instance)} characters long; at most "
+                f"{error.validator_value}")
     words = {"minItems": "an empty list; give at least one item",
              "minProperties": "an empty mapping; give at least one key",
              "minLength": "an empty text; write a value"}

@@ -10,10 +10,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from klingflow.spec.images import image_problem
-from klingflow.spec.issues import Issue, YamlDocument
+from klingflow.spec.images import check_image, url_problem
+from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Account, Input, Output, PriceEntry
-from klingflow.spec.refs import Names, RefError, StepEntry, has_refs, resolve_text, step_name
+from klingflow.spec.refs import (
+    Names,
+    RefError,
+    ReportedRef,
+    StepEntry,
+    has_refs,
+    resolve_text,
+    step_name,
+)
 
 Vars = Mapping[str, str | int | float]
 
@@ -48,15 +56,18 @@ def read_inputs(doc: YamlDocument, raw: Mapping[str, Any], names: Names, base: P
 def _input(name: str, written: str, names: Names, base: Path) -> tuple[str | None, Input | None]:
     try:
         text = resolve_text(written, names) if has_refs(written) else written
+    except ReportedRef:
+        return None, None
     except RefError as exc:
         return str(exc), None
     text = str(text)
     if text.startswith(("http://", "https://")):
-        return None, Input(name, url=text)
-    if "://" in text:
+        return url_problem(text), Input(name, url=text)
+    if "://" in text or "\x00" in text:
         return f"{text!r} is neither an http(s) URL nor a local path", None
     path = (base / text).resolve()
-    return image_problem(path, text), Input(name, path=path)
+    checked = check_image(path, text)
+    return checked.problem, Input(name, path=path, content_type=checked.content_type)
 
 
 def read_prices(doc: YamlDocument, raw: list[dict[str, Any]],
@@ -78,12 +89,16 @@ def read_prices(doc: YamlDocument, raw: list[dict[str, Any]],
 
 
 def read_outputs(doc: YamlDocument, raw: Mapping[str, Any], steps: Mapping[str, StepEntry],
-                 issues: list[Issue]) -> dict[str, Output]:
+                 issues: list[Issue], reported: frozenset[DocPath] = frozenset()
+                 ) -> dict[str, Output]:
+    """The outputs; a concat item at a `reported` path is not judged again."""
     outputs = {}
     for name, entry in raw.items():
         ids: list[str] = []
         for n, step_id in enumerate(entry["concat"]):
             at = ("outputs", name, "concat", n)
+            if at in reported:
+                continue
             try:
                 ids += step_name(step_id, steps, f"concat: {step_id}", whole_matrix=True) or ()
             except RefError as exc:

@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from klingflow.catalogue import Catalogue, Catalogues
 from klingflow.models import DEFAULT_MODEL, MODELS
+from klingflow.spec.images import url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Position, Ref, Step, Template, Value
-from klingflow.spec.refs import Names, RefError, has_refs, resolve_text, step_name
-from klingflow.spec.rules import Finding, effect_findings, frames_findings
+from klingflow.spec.refs import (
+    Names,
+    RefError,
+    ReportedRef,
+    StepEntry,
+    has_refs,
+    resolve_text,
+    step_name,
+)
+from klingflow.spec.reported import Reported
+from klingflow.spec.rules import (
+    decided_effect_mode,
+    effect_findings,
+    frames_findings,
+    required_findings,
+)
 from klingflow.spec.schemacheck import value_issues
 from klingflow.spec.wording import did_you_mean, show
 
@@ -31,6 +47,7 @@ DEFAULT_TIMEOUT = 1800.0
 MAX_EXPANSIONS = 10_000
 _DECISIVE = frozenset(("model_name", "effect", "mode"))  # the rules depend on these
 _WHOLE_MATRIX = re.compile(r"\$\{\s*matrix\.([^{}.\s]+)\s*\}")
+_MATRIX_REF = re.compile(r"\$\{\s*matrix\.")
 
 
 class _Bad(Exception):
@@ -51,19 +68,27 @@ class StepBuilder:
     file: str
     names: Names
     defaults: Mapping[str, Written]
-    accounts: frozenset[str] | None  # None: the file declares no accounts
+    accounts: Mapping[str, str] | None  # alias -> email; None: the file declares no accounts
     order: Mapping[str, int]  # expanded step id -> its place in the file
+    effects: Catalogues | None = None  # None: effect names, modes and prompts are not judged
+    reported: Reported = field(default_factory=lambda: Reported.of([]))
     issues: list[Issue] = field(default_factory=list)
     edges: dict[tuple[str, str], tuple[DocPath, str]] = field(default_factory=dict)
     _resolved_texts: dict[tuple[str, bool], Any] = field(default_factory=dict)
     _positions: dict[DocPath, Position] = field(default_factory=dict)
 
-    def build(self, index: int, raw: dict[str, Any]) -> list[Step]:
-        """The step's expansions (one without a matrix); none when it is broken."""
-        combos = self._combos(index, raw.get("matrix"))
-        if combos is None:
-            return []
+    def build(self, index: int, raw: dict[str, Any], entry: StepEntry) -> list[Step]:
+        """The step's expansions (one without a matrix). A matrix already reported, or
+        with a value that cannot be resolved, gives one probe (id as written) whose fields
+        that use the matrix are not judged; the others still are."""
         fields = self._fields(index, raw)
+        combos: list[dict[str, Written]] | None = None
+        if "matrix" not in raw:
+            combos = [{}]
+        elif entry.expansions is not None and "matrix" not in self.reported.fields(index):
+            combos = self._combos(index, raw["matrix"])
+        if combos is None:
+            return [self._expansion(index, raw, raw["id"], fields, None)]
         steps = []
         for n, combo in enumerate(combos):
             step_id = f"{raw['id']}@{n}" if "matrix" in raw else raw["id"]
@@ -95,33 +120,40 @@ class StepBuilder:
         try:
             return Written(resolve_text(value, self.names), at)
         except RefError as exc:
-            self._report(at, str(exc))
+            if not isinstance(exc, ReportedRef):
+                self._report(at, str(exc))
             return None
 
     def _report(self, at: DocPath, message: str, shown: str = "") -> None:
         self.issues.append(Issue(at, *self.doc.value_at(at), message, shown))
 
     def _expansion(self, index: int, raw: dict[str, Any], step_id: str,
-                   fields: Mapping[str, Written], combo: dict[str, Written]) -> Step:
+                   fields: Mapping[str, Written], combo: dict[str, Written] | None) -> Step:
+        """One expansion; `combo` None is the probe of a matrix that cannot be expanded."""
         label = f"steps[{index}] (id: {step_id})"
-        names = replace(self.names, matrix={k: w.value for k, w in combo.items()}) \
+        names = replace(self.names, matrix={k: w.value for k, w in (combo or {}).items()}) \
             if "matrix" in raw else self.names
         values, bad = self._values(fields, names, combo, label)
         values = _applicable(raw["kind"], values)
         needs = self._needs(index, raw, step_id, values, label)
-        self._account_holds(values.get("account"), label)
-        if not bad & _DECISIVE:
-            self._check_rules(raw["kind"], values, bad, label, index)
-        return self._step(index, raw, step_id, values, needs)
+        if "account" not in bad:
+            self._account_holds(values.get("account"), label)
+        values = self._check_rules(raw["kind"], values, bad, label, index)
+        return self._step(index, raw, step_id, values, needs, bad)
 
-    def _values(self, fields: Mapping[str, Written], names: Names, combo: dict[str, Written],
+    def _values(self, fields: Mapping[str, Written], names: Names,
+                combo: dict[str, Written] | None,
                 label: str) -> tuple[dict[str, Written], set[str]]:
-        """The fields' values resolved, and the names of those that could not be."""
+        """The fields' values resolved, and the names of those that could not be (or
+        were reported before, or use a matrix that cannot be expanded)."""
         values: dict[str, Written] = {}
         bad: set[str] = set()
         for key, written in fields.items():
+            if self.reported.holds(written.at) or (combo is None and _uses_matrix(written)):
+                values[key], bad = written, bad | {key}
+                continue
             try:
-                values[key] = self._value(key, written, names, combo, f"{label}.{key}") \
+                values[key] = self._value(key, written, names, combo or {}, f"{label}.{key}") \
                     if _worked(key, written.value) else written
             except _Bad:
                 values[key], bad = written, bad | {key}
@@ -144,6 +176,8 @@ class StepBuilder:
     def _resolved(self, name: str, text: str, names: Names, at: DocPath, shown: str) -> Any:
         try:
             value = self._resolve_text(text, names, name in RUNTIME_FIELDS)
+        except ReportedRef:
+            raise _Bad from None
         except RefError as exc:
             self._fail(at, str(exc), shown)
         if name in TYPED_FIELDS and isinstance(value, Template):
@@ -184,6 +218,9 @@ class StepBuilder:
                                f"${{steps.{ref.name}.last_frame}}", shown)
             return
         if isinstance(value, str) and value.startswith(("http://", "https://")):
+            problem = url_problem(value)
+            if problem:
+                self._fail(at, problem, shown)
             return
         self._fail(at, f"{show(value) if not isinstance(value, Template) else 'this text'} is "
                        "not an image: write ${inputs.NAME}, ${steps.ID.last_frame} or an "
@@ -192,18 +229,21 @@ class StepBuilder:
     def _needs(self, index: int, raw: dict[str, Any], step_id: str,
                values: Mapping[str, Written], label: str) -> list[str]:
         needs: list[str] = []
-        for j, name in enumerate(raw.get("needs", ())):
+        written = raw.get("needs")
+        for j, name in enumerate(written if isinstance(written, list) else ()):
             at = ("steps", index, "needs", j)
+            if at in self.reported.paths or ("steps", index, "needs") in self.reported.paths:
+                continue
             try:
                 ids = step_name(name, self.names.steps, f"needs: {name}", whole_matrix=True)
             except RefError as exc:
                 self._report(at, str(exc), f"{label}.needs[{j}]")
                 continue
             needs += self._edges(step_id, ids or (), at, f"{label}.needs[{j}]")
-        for key, written in values.items():
-            if isinstance(written.value, Template):
-                refs = [r.name for r in written.value.refs if r.scope == "steps"]
-                needs += self._edges(step_id, refs, written.at, f"{label}.{key}")
+        for key, value in values.items():
+            if isinstance(value.value, Template):
+                refs = [r.name for r in value.value.refs if r.scope == "steps"]
+                needs += self._edges(step_id, refs, value.at, f"{label}.{key}")
         return needs
 
     def _edges(self, step_id: str, ids: Any, at: DocPath, shown: str) -> list[str]:
@@ -211,40 +251,50 @@ class StepBuilder:
             self.edges.setdefault((step_id, needed), (at, shown))
         return list(ids)
 
-    def _check_rules(self, kind: str, values: Mapping[str, Written], bad: set[str], label: str,
-                     index: int) -> None:
-        """The model's or effect's rules; not on values already reported."""
+    def _check_rules(self, kind: str, values: dict[str, Written], bad: set[str], label: str,
+                     index: int) -> dict[str, Written]:
+        """The model's or effect's rules, not on values already reported (none at all when
+        the model, effect or mode is); the values with the mode the catalogue decides for
+        an effect that lists only one."""
         params = {k: w.value for k, w in values.items() if k not in RUN_FIELDS}
-        for name, message in _findings(kind, params):
+        findings = list(required_findings(kind, params))
+        catalogues: list[Catalogue] = []
+        if not bad & _DECISIVE:
+            catalogues = self._catalogues(kind, values.get("account"), bad)
+            findings += frames_findings(params) if kind == "frames" \
+                else effect_findings(params, catalogues)
+        for name, message in findings:
             if name not in bad:
                 at = values[name].at if name else ("steps", index)
                 self._report(at, message, f"{label}.{name}" if name else label)
+        mode = decided_effect_mode(params, catalogues) if kind == "effect" and not findings \
+            else None
+        return {**values, "mode": Written(mode, values["effect"].at)} if mode else values
+
+    def _catalogues(self, kind: str, account: Written | None, bad: set[str]) -> list[Catalogue]:
+        if kind != "effect" or self.effects is None or "account" in bad:
+            return []
+        found = [self.effects.get(e) for e in _accounts_of(account, self.accounts)]
+        return [c for c in found if c is not None]
 
     def _account_holds(self, written: Written | None, label: str) -> None:
-        if written is None or not isinstance(written.value, str):
-            return
-        alias = written.value
-        if self.accounts is None:
-            message = (f"account '{alias}' is not declared: the file has no accounts; add "
-                       f"accounts: {{{alias}: {{email: ...}}}}")
-        elif alias not in self.accounts:
-            hint = did_you_mean(alias, self.accounts) or f"; declared: {', '.join(self.accounts)}"
-            message = f"unknown account '{alias}'{hint}"
-        else:
-            return
-        self._report(written.at, message, f"{label}.account")
+        if written is not None and isinstance(written.value, str):
+            message = _account_problem(written.value, self.accounts)
+            if message:
+                self._report(written.at, message, f"{label}.account")
 
     def _step(self, index: int, raw: dict[str, Any], step_id: str,
-              values: Mapping[str, Written], needs: list[str]) -> Step:
-        params: dict[str, Value] = {k: w.value for k, w in values.items() if k not in RUN_FIELDS}
-        run = {k: values[k].value for k in RUN_FIELDS if k in values}
+              values: Mapping[str, Written], needs: list[str], bad: set[str]) -> Step:
+        good = {k: w for k, w in values.items() if k not in bad}
+        params: dict[str, Value] = {k: w.value for k, w in good.items() if k not in RUN_FIELDS}
+        run = {k: good[k].value for k in RUN_FIELDS if k in good}
         return Step(
             id=step_id, kind=raw["kind"], params=params, account=run.get("account"),
-            needs=tuple(sorted(set(needs), key=self.order.__getitem__)),
+            needs=tuple(sorted(set(needs), key=lambda n: self.order.get(n, -1))),
             retries=run.get("retries", DEFAULT_RETRIES),
             timeout=float(run.get("timeout", DEFAULT_TIMEOUT)),
             position=self._position(("steps", index)), base_id=raw["id"],
-            positions={k: self._position(w.at) for k, w in values.items() if k in params})
+            positions={k: self._position(w.at) for k, w in good.items() if k in params})
 
     def _position(self, at: DocPath) -> Position:
         found = self._positions.get(at)
@@ -254,11 +304,36 @@ class StepBuilder:
         return found
 
 
+def _accounts_of(account: Written | None,
+                 accounts: Mapping[str, str] | None) -> list[str | None]:
+    """The accounts (emails; None: the default one) whose catalogue judges an effect step:
+    its account's, or with none named every declared account's, any of which may run it.
+    An account that is unknown, or whose email was reported, gives none."""
+    if account is not None:
+        email = (accounts or {}).get(str(account.value))
+        return [email] if email else []
+    return [e for e in accounts.values() if e] if accounts else [None]
+
+
+def _account_problem(alias: str, accounts: Mapping[str, str] | None) -> str | None:
+    if accounts is None:
+        return (f"account '{alias}' is not declared: the file has no accounts; add "
+                f"accounts: {{{alias}: {{email: ...}}}}")
+    if alias not in accounts:
+        hint = did_you_mean(alias, accounts) or f"; declared: {', '.join(accounts)}"
+        return f"unknown account '{alias}'{hint}"
+    return None
+
+
 def _worked(name: str, value: Any) -> bool:
     """Whether a value needs more than taking as written (most values do not)."""
     if type(value) is str:
         return "${" in value or name in IMAGE_FIELDS or name == "duration"
     return name in IMAGE_FIELDS or name == "prompt" or name == "negative_prompt"
+
+
+def _uses_matrix(written: Written) -> bool:
+    return isinstance(written.value, str) and _MATRIX_REF.search(written.value) is not None
 
 
 def _applicable(kind: str, values: dict[str, Written]) -> dict[str, Written]:
@@ -277,6 +352,3 @@ def _matrix_origin(text: str, combo: dict[str, Written]) -> DocPath | None:
     written = combo.get(match.group(1)) if match else None
     return written.at if written else None
 
-
-def _findings(kind: str, params: Mapping[str, Value]) -> Iterator[Finding]:
-    return frames_findings(params) if kind == "frames" else effect_findings(params)
