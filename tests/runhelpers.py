@@ -24,7 +24,7 @@ from PIL import Image
 from klingflow.cache import Cache
 from klingflow.cli import main
 from klingflow.client import KlingClient
-from klingflow.journal import Journal
+from klingflow.journal import Journal, JournalState
 from klingflow.plan import build_plan
 from klingflow.policy import PollPolicy, Retrier
 from klingflow.run import Executor, RunOptions, StepResult
@@ -192,7 +192,8 @@ class InProcessRun:
 
 async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, *,
                          options: RunOptions | None = None,
-                         transport_wrapper: Any = None) -> InProcessRun:
+                         transport_wrapper: Any = None,
+                         prior: JournalState | None = None) -> InProcessRun:
     """Run a pipeline with the real Executor against the simulator's app, in this process."""
     pipeline = load_pipeline(pipeline_path)
     plan = build_plan(pipeline)
@@ -209,8 +210,10 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
                                           retrier=Retrier(), on_event=lambda event: None)
         executor = Executor(pipeline=pipeline, plan=plan, client=client, accounts=accounts,
                             run_dir=run_dir, journal=journal,
-                            cache=Cache(run_dir.parent / "cache"), options=options)
+                            cache=Cache(run_dir.parent / "cache"), options=options,
+                            prior=prior)
         results = await executor.run()
+        service = app.state.sim  # read while the app lives: a durable one closes its db after
+        ledger, stats = service.ledger(), service.stats()
     journal.close()
-    service = app.state.sim
-    return InProcessRun(executor, results, service.ledger(), service.stats(), service)
+    return InProcessRun(executor, results, ledger, stats, service)

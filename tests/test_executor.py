@@ -52,7 +52,10 @@ async def test_a_clip_that_cannot_be_decoded_fails_its_step_only(tmp_path: Path)
     bad, after, good = (run.results[s] for s in ("bad", "after", "good"))
     assert wrapped[0].broken_tasks, "the doctored transport saw the broken task"
     assert (bad.status, bad.error_category) == ("failed", "media")
-    assert bad.error == "bad.mp4: not a readable video: Invalid data found when processing input"
+    assert bad.error == (f"task {bad.task_id} is done and paid for, but its result could not "
+                         "be kept: bad.mp4: not a readable video: Invalid data found when "
+                         "processing input; fix that and run again with --resume to collect it "
+                         "at no cost")
     assert (after.status, after.error) == ("skipped", "needs bad, which failed")
     assert good.status == "succeeded"
 

@@ -345,3 +345,23 @@ def test_slots_held_for_tasks_from_before_are_freed_when_the_cache_serves_them(
     # the journal says this run created s0's and s1's tasks: paid in this run, not cached
     assert [s["status"] for s in report["steps"]] == ["succeeded"] * 4
     assert [s["served_by"] for s in report["steps"]] == [None] * 4
+
+
+@pytest.mark.parametrize("moment", ["submitting", "submitted"])
+def test_deleting_runs_while_a_task_is_in_flight_does_not_pay_again(
+        tmp_path: Path, sim_url: str, moment: str) -> None:
+    """runs/ is git-ignored: a clean checkout, or a tidy user, deletes it. The cache's
+    in-flight record still names the task (or the POST's replyRef), so the next run,
+    with or without --resume, re-attaches instead of paying."""
+    path = make_project(tmp_path, "deleted", chain_steps(2))
+    env = cli_env(sim_url, tmp_path)
+    kill_after(start_run(path, env), moment, tmp_path / "runs")
+    paid_before = len(ledger(sim_url))  # 1, or 0 if the kill came before the POST left
+    shutil.rmtree(tmp_path / "runs")
+    code, report, err = finish(start_run(path, env, "--resume"))
+    assert code == 0, err
+    assert report is not None
+    after = ledger(sim_url)
+    assert_one_task_per_step(after, report)
+    assert report["totals"]["tasks_created"] == len(after) - paid_before
+    assert report["totals"]["credits_charged"] == 20 * (len(after) - paid_before)

@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 
 from klingflow.cache import Cache, Claim
+from klingflow.cache.inflight import InFlightRecords
 from klingflow.client import KlingClient, Task
 from klingflow.errors import is_moderation
 from klingflow.journal import Journal, JournalState
@@ -95,6 +96,7 @@ class Executor:
                           patience=patience)
         self._submitter = Submitter(
             accounts=self.accounts, prices={s.id: s.credits for s in plan.steps},
+            inflight=InFlightRecords(cache.root),
             client=client, journal=journal, slots=self._slots,
             uploads=uploads, collector=self._collector, resume=self._resume,
             patience=patience, retrier=retrier, urgency=urgency([s.step for s in plan.steps]),
@@ -144,8 +146,6 @@ class Executor:
             self._fail(result, failure)
         except NotSubmitted:
             self._finish(result, StepStatus.NOT_RUN, None, "not submitted: the run was stopping")
-        except MediaError as bad:
-            self._fail(result, StepFailed("media", str(bad)))
         except RunAborted as abort:
             self.aborted = self.aborted or abort
             self._finish(result, StepStatus.FAILED, abort.cause.category, str(abort))
@@ -156,6 +156,8 @@ class Executor:
             self._done[step.id].set()
 
     def _fail(self, result: StepResult, failure: StepFailed) -> None:
+        if not failure.unresolved and result.key is not None:
+            self._submitter.settled(result.key)  # no task, or one that surely failed
         self._finish(result, StepStatus.FAILED, failure.category, str(failure))
         self.journal.write({"event": "failed", "step": result.step_id,
                             "category": failure.category, "message": str(failure),
@@ -234,9 +236,13 @@ class Executor:
             if reserved and result.task_id is None:
                 self._budget.refund(credits)
             raise
-        await self._collector.collect(step, result, task, email)
-        await self._collector.keep(result, task_id=task.id, account=alias, credits=credits,
-                                   request=request)
+        try:
+            await self._collector.collect(step, result, task, email)
+            await self._collector.keep(result, task_id=task.id, account=alias,
+                                       credits=credits, request=request)
+        except (OSError, MediaError) as exc:
+            raise _uncollected(task, exc) from exc
+        self._submitter.settled(result.key or "")
         self._record_success(result, StepStatus.SUCCEEDED)
 
     def _served(self, planned: PlannedStep, result: StepResult, source: str) -> None:
@@ -280,3 +286,14 @@ class Executor:
             raise StepFailed(category, f"task {task.id} failed: "
                              f"{task.error or task.message or task.status_name}")
         return task, email, alias
+
+
+def _uncollected(task: Task, exc: OSError | MediaError) -> StepFailed:
+    """A task that is done and paid for whose files could not be made here: the journal
+    and the in-flight record keep it, so `--resume` collects it without paying again."""
+    category = "media" if isinstance(exc, MediaError) else "local_files"
+    reason = str(exc) if isinstance(exc, MediaError) else \
+        f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
+    return StepFailed(category, f"task {task.id} is done and paid for, but its result could "
+                      f"not be kept: {reason}; fix that and run again with --resume to "
+                      "collect it at no cost", unresolved=True)

@@ -58,11 +58,14 @@ class Slots:
         return alias in self._limit
 
     def take(self, alias: str | None) -> None:
-        """Count a task already running (found on resume), even past the limit."""
-        self._used[alias] += 1
+        """Count a task already running (found on resume), even past the limit; a task
+        of an account this run does not use is not counted."""
+        if alias in self._used:
+            self._used[alias] += 1
 
     def release(self, alias: str | None) -> None:
-        self._used[alias] -= 1
+        if alias in self._used:
+            self._used[alias] -= 1
         self._hand_out()
 
     def _hand_out(self) -> None:

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from klingflow.cache.inflight import InFlight, InFlightRecords
 from klingflow.client import KlingClient, Task
 from klingflow.errors import ApiError, RateLimitedError, ServerError, TransportError
 from klingflow.journal import Journal
@@ -35,6 +36,7 @@ class Submitter:
     """Submits steps within their slots; returns each with a slot held for its task."""
 
     def __init__(self, *, accounts: Mapping[str, Account], prices: Mapping[str, int | None],
+                 inflight: InFlightRecords,
                  client: KlingClient, journal: Journal,
                  slots: Slots, uploads: Uploads, collector: Collector, resume: Resume,
                  patience: Patience, retrier: Retrier, urgency: Mapping[str, float],
@@ -42,6 +44,8 @@ class Submitter:
                  on_event: Callable[[Event], None]) -> None:
         self._accounts = accounts
         self._prices = prices
+        self._inflight = inflight
+        self._owned: set[str] = set()  # keys whose in-flight record this run settles
         self._client = client
         self._journal = journal
         self._slots = slots
@@ -73,10 +77,22 @@ class Submitter:
 
     async def reattach(self, step: Step, result: StepResult,
                        key: str) -> tuple[str | None, Task | None]:
-        """The task an earlier POST of this step may have created, with its slot."""
+        """The task an earlier POST of this request may have created, with a slot for it:
+        from this run directory's journal (a resume), else from the cache's in-flight
+        record (a run whose directory is gone, or another run's unresolved POST)."""
+        found = await self._from_journal(step, result, key)
+        if found is None:
+            found = await self._from_record(step, result, key)
+        if found is None:
+            return None, None
+        alias, email, task_id = found
+        return alias, await self._collector.get_task(step, task_id, email)
+
+    async def _from_journal(self, step: Step, result: StepResult,
+                            key: str) -> tuple[str | None, str | None, int] | None:
         sub = self._resume.submission(step.id)
         if sub is None:
-            return None, None
+            return None
         task_id = None
         if sub.key == key:
             result.attempts = self._resume.attempts(step.id)
@@ -84,12 +100,35 @@ class Submitter:
                                                         sub.at_ms)
         if task_id is None:
             self._resume.give_back(step.id)
-            return None, None
-        self._attach(step, result, task_id, sub.account, sub.email, sub.reply_ref, sub.at_ms,
-                     reattached=True)
-        task = await self._collector.get_task(step, task_id, sub.email)
+            return None
+        self._attach(step, result, key, task_id, sub.account, sub.email, sub.reply_ref,
+                     sub.at_ms, reattached=True)
         self._resume.adopt(step.id)
-        return sub.account, task
+        return sub.account, sub.email, task_id
+
+    async def _from_record(self, step: Step, result: StepResult,
+                           key: str) -> tuple[str | None, str | None, int] | None:
+        record = self._inflight.get(key)
+        if record is None:
+            return None
+        self._owned.add(key)  # this run settles it now
+        task_id = record.task_id or await self.recover(step, record.reply_ref, record.email,
+                                                       record.at_ms)
+        if task_id is None:
+            self._inflight.done(key)  # its POST surely created nothing
+            self._owned.discard(key)
+            return None
+        self._slots.take(record.account)  # the task runs at the service: count it at once
+        self._attach(step, result, key, task_id, record.account, record.email,
+                     record.reply_ref, record.at_ms, reattached=True)
+        return record.account, record.email, task_id
+
+    def settled(self, key: str) -> None:
+        """The request's result is in the cache, or its task surely failed: its in-flight
+        record goes (only one this run sent or took over)."""
+        if key in self._owned:
+            self._inflight.done(key)
+            self._owned.discard(key)
 
     # ---- submitting -------------------------------------------------------------------
 
@@ -144,6 +183,9 @@ class Submitter:
         self._journal.write({"event": "submitting", "step": step.id, "key": key,
                              "reply_ref": reply_ref, "account": alias, "email": email,
                              "at_ms": at_ms})
+        self._inflight.sending(InFlight(key, step.id, reply_ref, alias, email, at_ms,
+                                        run_dir=str(self._journal.path.parent)))
+        self._owned.add(key)
         try:
             task = await self._client.submit(endpoint_of(step), {**body, "replyRef": reply_ref})
         except (ServerError, TransportError) as unknown:
@@ -155,15 +197,17 @@ class Submitter:
             raise  # nothing was created: submit() waits and sends it again
         except ApiError as exc:
             raise step_failure(exc) from exc
-        self._attach(step, result, task.id, alias, email, reply_ref, at_ms)
+        self._attach(step, result, key, task.id, alias, email, reply_ref, at_ms)
         return task
 
-    def _attach(self, step: Step, result: StepResult, task_id: int, alias: str | None,
-                email: str | None, reply_ref: str, at_ms: int, *,
+    def _attach(self, step: Step, result: StepResult, key: str, task_id: int,
+                alias: str | None, email: str | None, reply_ref: str, at_ms: int, *,
                 reattached: bool = False) -> None:
         """Record the task a step has: a new one (charged at its price) or one an
         earlier POST created (re-attached: charged then, not now)."""
         self._claimed.add(task_id)
+        self._inflight.created(key, task_id)
+        self._owned.add(key)
         self._submitted_at[step.id] = at_ms / 1000
         result.task_id, result.account = task_id, alias
         result.submitted_at = result.submitted_at or time.time()

@@ -1,0 +1,65 @@
+"""A task that exists and is paid for is never lost to a local problem, nor paid twice.
+
+The simulated service is durable here (SimConfig.state_dir), so a second run talks
+to the same service, as after a crash or on the next day.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from klingflow.journal import Journal
+from klingflow.sim import SimConfig
+from tests.runhelpers import frames_step, run_in_process, write_pipeline
+
+pytestmark = pytest.mark.anyio
+
+
+def durable(tmp_path: Path) -> SimConfig:
+    return SimConfig(token="test-token", task_seconds=0.2, clip_size=(304, 304),
+                     state_dir=tmp_path / "service")
+
+
+def blocked(run_dir: Path, step: str) -> Path:
+    """A directory where the download of `step`'s clip must write a file."""
+    blocker = run_dir / f"{step}.mp4.part"
+    blocker.mkdir(parents=True)
+    return blocker
+
+
+async def test_a_file_that_cannot_be_written_keeps_the_paid_task_for_a_resume(
+        tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path / "p", "local", [frames_step("shot", "a lighthouse")])
+    run_dir = tmp_path / "runs" / "first"
+    blocker = blocked(run_dir, "shot")
+    first = await run_in_process(path, durable(tmp_path), run_dir)
+    shot = first.results["shot"]
+    assert (shot.status, shot.error_category) == ("failed", "local_files")
+    assert shot.error == (f"task {shot.task_id} is done and paid for, but its result could "
+                          f"not be kept: Is a directory: {blocker}; fix that and run again "
+                          "with --resume to collect it at no cost")
+    shutil.rmtree(blocker)
+    again = await run_in_process(path, durable(tmp_path), run_dir,
+                                 prior=Journal.replay(run_dir / "journal.jsonl"))
+    assert again.results["shot"].status == "succeeded"
+    assert again.results["shot"].task_id == shot.task_id
+    assert [t["task_id"] for t in again.ledger] == [shot.task_id]  # one task, paid once
+
+
+async def test_a_run_whose_directory_was_deleted_re_attaches_instead_of_paying(
+        tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path / "p", "deleted", [frames_step("shot", "a lighthouse")])
+    first_dir = tmp_path / "runs" / "first"
+    blocked(first_dir, "shot")
+    first = await run_in_process(path, durable(tmp_path), first_dir)
+    assert first.results["shot"].error_category == "local_files"
+    shutil.rmtree(first_dir)  # runs/ is git-ignored: gone with a clean checkout
+    again = await run_in_process(path, durable(tmp_path), tmp_path / "runs" / "second")
+    shot = again.results["shot"]
+    assert (shot.status, shot.task_id) == ("succeeded", first.results["shot"].task_id)
+    assert len(again.ledger) == 1
+    assert (tmp_path / "runs" / "cache" / "inflight").is_dir()
+    assert list((tmp_path / "runs" / "cache" / "inflight").iterdir()) == []  # settled
