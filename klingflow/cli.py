@@ -74,17 +74,18 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
+    from klingflow.planning import forced_steps, plan_with_verdicts
     from klingflow.report import format_plan
-    from klingflow.runner import judged_backend, plan_with_verdicts
     from klingflow.spec import load_pipeline
 
     path, settings = Path(args.pipeline), _settings(args)
-    effects = _kept_catalogues(path, settings, judged_backend(path, settings))
+    effects = _kept_catalogues(path, settings, settings.backend)
     try:
         pipeline = load_pipeline(path, effects=effects)
     finally:
         _note_unchecked_effects(args.pipeline, effects)
-    plan = plan_with_verdicts(pipeline, settings, force=args.force, force_all=args.force_all)
+    forced = frozenset(forced_steps(pipeline, args.force, args.force_all))
+    plan = plan_with_verdicts(pipeline, settings, forced=forced)
     if args.json:
         print(json.dumps(plan.to_json(), indent=2))
     else:
@@ -130,7 +131,7 @@ def _cmd_effects(args: argparse.Namespace) -> int:
 
 
 def _cmd_lock(args: argparse.Namespace) -> int:
-    from klingflow.runner import rebuild_lock
+    from klingflow.planning import rebuild_lock
 
     settings = _settings(args)
     path, locked, total = rebuild_lock(Path(args.pipeline), settings)
@@ -147,7 +148,18 @@ def _settings(args: argparse.Namespace) -> Settings:
                    budget=args.budget, force=tuple(args.force), force_all=args.force_all,
                    resume=args.resume, connect_timeout=args.connect_timeout) \
         if args.command == "run" else RunFlags()
-    return Settings.from_environment(sim=sim, run=run)
+    return Settings.from_environment(sim=sim, run=run, remote=getattr(args, "remote", None),
+                                     remote_read_only=getattr(args, "remote_read_only", False))
+
+
+def _add_remote_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--remote", metavar="URL",
+                   help="a cache shared by machines: s3://BUCKET/PREFIX, gs://..., az://..., "
+                        "file:///PATH (default: KLINGFLOW_REMOTE; credentials only from the "
+                        "usual AWS_*, GOOGLE_* or AZURE_* variables)")
+    p.add_argument("--remote-read-only", action="store_true",
+                   help="read the remote cache, write nothing to it (as "
+                        "KLINGFLOW_REMOTE_READ_ONLY=1): for pull-request CI")
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -218,6 +230,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="plan STEP and what depends on it as regenerated")
     p.add_argument("--force-all", action="store_true", help="plan every step as regenerated")
+    _add_remote_options(p)
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("schema", help="print a JSON Schema (default: the pipeline file's)")
@@ -227,6 +240,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lock", help="rebuild a pipeline's lock file from the cache")
     p.add_argument("pipeline", metavar="PIPELINE")
     p.add_argument("--sim", action="store_true", help="from the simulator's results")
+    _add_remote_options(p)
     p.set_defaults(func=_cmd_lock)
 
     _add_run_parser(sub)
@@ -265,6 +279,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                      help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02")
     sim.add_argument("--sim-speed", type=float, default=1.0, metavar="X",
                      help="make simulated tasks finish X times faster")
+    _add_remote_options(p)
     p.set_defaults(func=_cmd_run)
 
 

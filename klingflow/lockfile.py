@@ -1,15 +1,17 @@
 """The lock file beside a pipeline (`NAME.lock.yaml`): what each step last produced.
 
-Per step: its request key, task id, account alias, model, mode, duration,
-credits and output hashes, in a stable order so it diffs and merges cleanly in
-git. With the cache it reproduces a run at no cost; lost, it can be rebuilt
-from the cache (`klingflow lock PIPELINE`).
+One section per backend (the real service, the simulator, another API base), so a
+simulated run never touches the results of real ones. Per step: its request key,
+task id, account (alias and email), model, mode, duration, credits and output
+hashes, in a stable order so it diffs and merges cleanly in git. Commit it: with
+the cache, or through the service's task (restore from the lock), it reproduces a
+run at no cost; lost, it can be rebuilt from the cache (`klingflow lock PIPELINE`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +20,11 @@ import yaml
 from klingflow.files import write_atomically
 from klingflow.plan import Plan
 
-LOCK_VERSION = 1
+LOCK_VERSION = 2
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big locks
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 LOCK_MARK = b"# klingflow lock file:"
-HEADER = ("# klingflow lock file: what each step of {name} last produced.\n"
+HEADER = ("# klingflow lock file: what each step of {name} last produced, per backend.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
 
@@ -36,17 +38,25 @@ class LockEntry:
     duration: int
     credits: int | None
     outputs: Mapping[str, str]  # attribute -> sha256
+    email: str | None = None  # the account's: restoring through the service needs it
 
     def to_yaml(self) -> dict[str, Any]:
         return {"key": self.key, "task_id": self.task_id, "account": self.account,
-                "model": self.model, "mode": self.mode, "duration": self.duration,
-                "credits": self.credits, "outputs": dict(sorted(self.outputs.items()))}
+                "email": self.email, "model": self.model, "mode": self.mode,
+                "duration": self.duration, "credits": self.credits,
+                "outputs": dict(sorted(self.outputs.items()))}
+
+
+_FIELDS = frozenset(f.name for f in fields(LockEntry))
+Section = Mapping[str, LockEntry]  # step id -> entry
 
 
 @dataclass(frozen=True, slots=True)
 class Lock:
-    backend: str | None
-    steps: Mapping[str, LockEntry]
+    backends: Mapping[str, Section]
+
+    def steps(self, backend: str) -> Section:
+        return self.backends.get(backend, {})
 
 
 def lock_path(pipeline_path: Path) -> Path:
@@ -68,30 +78,43 @@ def is_lock_file(path: Path) -> bool:
 
 
 def read_lock(path: Path) -> Lock:
-    """The lock at `path`; an empty lock when there is none or it is unreadable."""
+    """The lock at `path` (version 1 locks read as one section); an empty lock when there
+    is none or it is unreadable."""
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
-        steps = {sid: LockEntry(**{**entry, "outputs": entry.get("outputs") or {}})
-                 for sid, entry in (data.get("steps") or {}).items()}
+        if data.get("version") == 1:
+            data = {"backends": {data.get("backend"): data.get("steps")}}
+        backends = {str(name): _section(steps)
+                    for name, steps in (data.get("backends") or {}).items() if name}
     except (OSError, yaml.YAMLError, TypeError, AttributeError):
-        return Lock(None, {})
-    return Lock(data.get("backend"), steps)
+        return Lock({})
+    return Lock(backends)
+
+
+def _section(steps: Mapping[str, Any] | None) -> dict[str, LockEntry]:
+    return {sid: LockEntry(**{k: v for k, v in entry.items() if k in _FIELDS - {"outputs"}},
+                           outputs=entry.get("outputs") or {})
+            for sid, entry in (steps or {}).items()}
 
 
 def entry_for(plan: Plan, step_id: str, *, key: str, task_id: int | None,
-              account: str | None, credits: int | None,
+              account: str | None, email: str | None, credits: int | None,
               outputs: Mapping[str, str]) -> LockEntry:
     planned = next(s for s in plan.steps if s.id == step_id)
-    return LockEntry(key=key, task_id=task_id, account=account, model=planned.model,
-                     mode=planned.mode, duration=planned.duration, credits=credits,
-                     outputs=outputs)
+    return LockEntry(key=key, task_id=task_id, account=account, email=email,
+                     model=planned.model, mode=planned.mode, duration=planned.duration,
+                     credits=credits, outputs=outputs)
 
 
-def write_lock(path: Path, *, name: str, backend: str, plan: Plan,
-               entries: Mapping[str, LockEntry]) -> None:
-    """Write the steps of `plan` that have an entry, in execution order."""
-    steps = {s.id: entries[s.id].to_yaml() for s in plan.steps if s.id in entries}
-    document = {"version": LOCK_VERSION, "pipeline": name, "backend": backend, "steps": steps}
+def write_lock(path: Path, *, name: str, plan: Plan, backend: str, entries: Section,
+               previous: Lock) -> None:
+    """Write `backend`'s section (the steps of `plan` that have an entry, in execution
+    order) and keep every other backend's section as it was."""
+    section = {s.id: entries[s.id] for s in plan.steps if s.id in entries}
+    backends = {**previous.backends, backend: section}
+    document = {"version": LOCK_VERSION, "pipeline": name,
+                "backends": {b: {sid: e.to_yaml() for sid, e in steps.items()}
+                             for b, steps in sorted(backends.items()) if steps}}
     text = yaml.dump(document, Dumper=_DUMPER, sort_keys=False, default_flow_style=False,
                      width=100)
     write_atomically(path, HEADER.format(name=name) + text)

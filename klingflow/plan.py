@@ -32,6 +32,7 @@ from klingflow.spec.pipeline import Pipeline, Ref, Step, Template, Value
 
 PLAN_FORMAT = 1
 CACHED = "cached"
+RESTORE = "restore"
 REPLY_REF_PLACEHOLDER = "<unique per submit>"
 
 PriceSource = Literal["table", "pipeline", "unknown"]
@@ -61,7 +62,7 @@ class PlannedStep:
     price_source: PriceSource
     step: Step = field(compare=False, repr=False)  # what the executor runs
     price_note: str | None = None
-    cache: str | None = None  # "cached" or "will run"; None when the cache was not asked
+    cache: str | None = None  # cached, restore or will run; None when the cache was not asked
     reason: str | None = None  # why it will run: new, changed: prompt, upstream changed...
 
 
@@ -92,6 +93,7 @@ class Plan:
     credits: int  # the known cost of the steps that will run
     unknown: tuple[str, ...]  # ids of the steps that will run and whose price is unknown
     cached: tuple[str, ...] = ()  # ids of the steps the cache already holds (no cost)
+    restored: tuple[str, ...] = ()  # ids of the steps the lock restores (no cost)
 
     @property
     def complete(self) -> bool:
@@ -299,15 +301,16 @@ def build_plan(pipeline: Pipeline) -> Plan:
 
 def with_verdicts(plan: Plan, pipeline: Pipeline,
                   verdicts: Mapping[str, tuple[str, str]]) -> Plan:
-    """The plan with each step's cache verdict `(cached | will run, reason)`;
-    the totals then count only the steps that will run."""
+    """The plan with each step's verdict `(cached | restore | will run, reason)`; the
+    totals then count only the steps that will run."""
     steps = tuple(replace(s, cache=verdicts[s.id][0], reason=verdicts[s.id][1] or None)
                   for s in plan.steps)
-    running = tuple(s for s in steps if s.cache != CACHED)
+    running = tuple(s for s in steps if s.cache not in (CACHED, RESTORE))
     return replace(plan, steps=steps, accounts=_account_totals(pipeline, running),
                    credits=sum(s.credits for s in running if s.credits is not None),
                    unknown=tuple(s.id for s in running if s.credits is None),
-                   cached=tuple(s.id for s in steps if s.cache == CACHED))
+                   cached=tuple(s.id for s in steps if s.cache == CACHED),
+                   restored=tuple(s.id for s in steps if s.cache == RESTORE))
 
 
 def known_cost(pipeline: Pipeline) -> int:
@@ -370,6 +373,7 @@ def _totals_json(plan: Plan) -> dict[str, object]:
         "unknown": list(plan.unknown),
         "complete": plan.complete,
         "cached": list(plan.cached),
+        "restored": list(plan.restored),
         "accounts": [
             {"account": a.account, "email": a.email, "steps": a.steps,
              "credits": a.credits, "unknown": list(a.unknown)}

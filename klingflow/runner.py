@@ -12,7 +12,7 @@ import contextlib
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,26 +20,30 @@ import anyio
 import httpx
 
 from klingflow.cache import CACHE_DIR_NAME, Cache
+from klingflow.cache.claims import Owner as ClaimOwner
+from klingflow.cache.pushes import background_pushes
+from klingflow.cache.remote import RemoteCache
 from klingflow.client import POOL_LIMITS, KlingClient
-from klingflow.errors import UsageError
+from klingflow.errors import RemoteCacheError, UsageError
 from klingflow.journal import Journal
 from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
-from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
+from klingflow.lockfile import lock_path, read_lock
 from klingflow.outputs import INCOMPLETE, FilmResult, make_outputs
 from klingflow.outputs import INTERRUPTED as NOT_MADE_INTERRUPTED
-from klingflow.plan import Plan, build_plan, with_verdicts
+from klingflow.plan import Plan
+from klingflow.planning import forced_steps, update_lock
 from klingflow.policy import Retrier
 from klingflow.report import RunReport, RunStatus, write_report
 from klingflow.report.html import write_html
-from klingflow.run import Event, Executor, RunOptions, StepResult
+from klingflow.run import Event, Executor, RunOptions
 from klingflow.run.accounting import charge
-from klingflow.run.preflight import service_accounts
+from klingflow.run.preflight import SERVICE, service_accounts
+from klingflow.run.sources import Sharing
 from klingflow.rundir import Owner, RunDirectory, open_run_dir
 from klingflow.seams import find_seams, measure_seams
 from klingflow.settings import Settings
-from klingflow.spec import load_pipeline, read_pipeline_accounts
+from klingflow.spec import read_pipeline_accounts
 from klingflow.spec.pipeline import Account, Pipeline
-from klingflow.verdicts import verdicts
 
 NO_TOKEN = ("no API token: set USEAPI_TOKEN to your useapi.net token to spend real credits, "
             "or add --sim to run on the embedded simulator")
@@ -91,11 +95,13 @@ async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, client:
     journal = Journal(run_dir.path / "journal.jsonl", invocation=uuid.uuid4().hex[:12])
     journal.write({"event": "run", "pipeline": pipeline.name,
                    "path": str(pipeline.path.resolve()), "backend": settings.backend})
-    executor = Executor(pipeline=pipeline, plan=plan, client=client, run_dir=run_dir.path,
-                        journal=journal, cache=cache, options=_options(settings, pipeline),
-                        accounts=accounts, prior=run_dir.prior, on_event=on_event)
     try:
-        interrupted = await _run_until_interrupted(executor)
+        async with sharing(settings, pipeline, cache, run_dir.path.name, on_event) as shared:
+            executor = Executor(pipeline=pipeline, plan=plan, client=client,
+                                run_dir=run_dir.path, journal=journal, cache=cache,
+                                options=_options(settings, pipeline), accounts=accounts,
+                                prior=run_dir.prior, on_event=on_event, sharing=shared)
+            interrupted = await _run_until_interrupted(executor)
     finally:
         journal.close()
     charge(executor.results, Journal.replay(journal.path), journal.invocation)
@@ -111,8 +117,31 @@ async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, client:
     document = report.to_json()
     write_report(document, run_dir.path)
     write_html(document, run_dir.path)
-    _update_lock(plan, settings.backend, cache, executor.results)
+    update_lock(plan, settings.backend, cache, executor.results, accounts)
     return report
+
+
+@contextlib.asynccontextmanager
+async def sharing(settings: Settings, pipeline: Pipeline, cache: Cache, run_id: str,
+                  on_event: OnEvent) -> AsyncIterator[Sharing]:
+    """What the run shares with other machines: the lock's section for its backend and,
+    with a remote, the remote cache, its claims (where the store can carry them) and
+    the pushes of finished steps (the run's end waits for those still going)."""
+    locked = read_lock(lock_path(pipeline.path)).steps(settings.backend)
+    if settings.remote is None:
+        yield Sharing(locked=locked)
+        return
+    remote = RemoteCache.open(settings.remote)
+    status = await remote.probe()
+    if status.message:
+        on_event(Event(SERVICE, "remote", status.message))
+    board = remote.claims(ClaimOwner.here(run_id)) if status.claims else None
+
+    def unpushed(key: str, exc: RemoteCacheError) -> None:
+        on_event(Event(SERVICE, "remote", f"a result was not pushed (the next run will): {exc}"))
+
+    async with background_pushes(remote, cache, on_failure=unpushed) as pushes:
+        yield Sharing(locked=locked, remote=remote, board=board, pushes=pushes)
 
 
 def _options(settings: Settings, pipeline: Pipeline) -> RunOptions:
@@ -121,23 +150,6 @@ def _options(settings: Settings, pipeline: Pipeline) -> RunOptions:
                       fail_fast=flags.fail_fast, budget=flags.budget,
                       force=frozenset(forced_steps(pipeline, flags.force, flags.force_all)),
                       backend=settings.backend)
-
-
-def forced_steps(pipeline: Pipeline, force: tuple[str, ...] | list[str],
-                 force_all: bool) -> set[str]:
-    """The steps `--force` names (a matrix step's id names all its expansions) and every
-    step after them; all steps with `--force-all`."""
-    if force_all:
-        return {s.id for s in pipeline.steps}
-    known = {s.id for s in pipeline.steps} | {s.base_id for s in pipeline.steps}
-    unknown = sorted(set(force) - known)
-    if unknown:
-        raise UsageError(f"--force {unknown[0]}: no such step in {pipeline.path}")
-    forced = {s.id for s in pipeline.steps if s.id in force or s.base_id in force}
-    for step in pipeline.steps:  # file order is a topological order for references
-        if forced & set(step.needs):
-            forced.add(step.id)
-    return forced
 
 
 def _backend(settings: Settings, pipeline: Pipeline) -> contextlib.AbstractContextManager[Settings]:
@@ -193,21 +205,6 @@ async def _fetch_effects(settings: Settings, declared: Mapping[str, Account],
                                     emails=[a.email for a in accounts.values()], root=root)
 
 
-def _update_lock(plan: Plan, backend: str, cache: Cache,
-                 results: Mapping[str, StepResult]) -> None:
-    """Record what each finished step produced; keep the old entry of a step that did not."""
-    path = lock_path(plan.pipeline.path)
-    previous = read_lock(path)
-    entries = dict(previous.steps) if previous.backend == backend else {}
-    for result in results.values():
-        entry = cache.lookup(result.key) if result.key else None
-        if result.status.done and entry is not None:
-            entries[result.step_id] = entry_for(
-                plan, result.step_id, key=entry.key, task_id=entry.task_id,
-                account=entry.account, credits=entry.credits, outputs=entry.outputs)
-    write_lock(path, name=plan.pipeline.name, backend=backend, plan=plan, entries=entries)
-
-
 async def _run_until_interrupted(executor: Executor) -> bool:
     """Run; on Ctrl-C (or SIGTERM) stop at once, so the report can still be written."""
     interrupted = False
@@ -250,41 +247,3 @@ def _with_films(status: RunStatus, error: str | None,
     if not broken:
         return status, error
     return RunStatus.FAILED, "; ".join(f"output {name}: {why}" for name, why in broken)
-
-
-def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, int]:
-    """Write the lock again from the cache alone; (lock path, steps locked, steps in all)."""
-    pipeline = load_pipeline(pipeline_path)
-    plan = build_plan(pipeline)
-    found = verdicts(pipeline, [s.step for s in plan.steps],
-                     Cache(settings.cache_root(pipeline.path)), settings.backend,
-                     locked_keys={})
-    entries = {sid: entry_for(plan, sid, key=v.entry.key, task_id=v.entry.task_id,
-                              account=v.entry.account, credits=v.entry.credits,
-                              outputs=v.entry.outputs)
-               for sid, v in found.items() if v.entry is not None}
-    path = lock_path(pipeline.path)
-    write_lock(path, name=pipeline.name, backend=settings.backend, plan=plan, entries=entries)
-    return path, len(entries), len(plan.steps)
-
-
-def plan_with_verdicts(pipeline: Pipeline, settings: Settings, *, force: list[str],
-                       force_all: bool) -> Plan:
-    """The dry run, each step marked cached or will run (and why), from the local
-    cache and lock only: no network. The backend is the lock's, else --sim's."""
-    plan = build_plan(pipeline)
-    lock = read_lock(lock_path(pipeline.path))
-    backend = judged_backend(pipeline.path, settings)
-    found = verdicts(pipeline, [s.step for s in plan.steps],
-                     Cache(settings.cache_root(pipeline.path)), backend,
-                     locked_keys={sid: e.key for sid, e in lock.steps.items()},
-                     forced=frozenset(forced_steps(pipeline, force, force_all)))
-    return with_verdicts(plan, pipeline, {sid: (v.verdict, v.reason) for sid, v in found.items()})
-
-
-def judged_backend(pipeline_path: Path, settings: Settings) -> str:
-    """The backend `plan` judges a pipeline for: the simulator with --sim, else the
-    lock's, else the one `run` would use (KLINGFLOW_API_BASE, or useapi.net)."""
-    if settings.sim is not None:
-        return settings.backend
-    return read_lock(lock_path(pipeline_path)).backend or settings.backend

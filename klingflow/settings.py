@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from klingflow.cache import CACHE_DIR_NAME
+from klingflow.cache.location import RemoteSettings, remote_settings
 from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
@@ -55,18 +56,22 @@ class Settings:
     home: Path | None = None  # KLINGFLOW_HOME: the cache root for every pipeline
     sim_home: Path | None = None  # KLINGFLOW_SIM_HOME: the simulated service's state
     sim: SimOptions | None = None  # run on the embedded simulator
+    remote: RemoteSettings | None = None  # KLINGFLOW_REMOTE or --remote: a shared cache
     run: RunFlags = field(default_factory=RunFlags)
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
-                         sim: SimOptions | None = None,
-                         run: RunFlags | None = None) -> Settings:
+                         sim: SimOptions | None = None, run: RunFlags | None = None,
+                         remote: str | None = None, remote_read_only: bool = False) -> Settings:
+        """Settings from the environment; `remote` and `remote_read_only` are the command
+        line's (--remote wins over KLINGFLOW_REMOTE)."""
         env = os.environ if environ is None else environ
         home, sim_home = env.get("KLINGFLOW_HOME"), env.get("KLINGFLOW_SIM_HOME")
         return cls(token=env.get("USEAPI_TOKEN") or None,
                    base_url=env.get("KLINGFLOW_API_BASE") or DEFAULT_API_BASE,
                    home=Path(home) if home else None,
-                   sim_home=Path(sim_home) if sim_home else None, sim=sim, run=run or RunFlags())
+                   sim_home=Path(sim_home) if sim_home else None, sim=sim, run=run or RunFlags(),
+                   remote=remote_settings(env, url=remote, read_only=remote_read_only))
 
     @property
     def backend(self) -> str:

@@ -1,10 +1,13 @@
-"""Cache keys and verdicts: which steps a run would take from the cache, and why not.
+"""Cache keys and verdicts: which steps a run would serve at no cost, and why not.
 
 A step's key is the hash of its canonical request (endpoint, body, backend) with
-every input replaced by its content hash: a local file by the SHA-256 of its
-bytes, a step's output by the SHA-256 its earlier run produced. An identical
-frame uploaded again therefore still hits, and a simulated clip never serves a
-real run. The key of a step is only known once the outputs it uses are.
+every input replaced by its content: a local file by the SHA-256 of its bytes, a
+step's clip by the SHA-256 of the clip, and a step's first or last frame by the
+frame's name and its clip's SHA-256. A frame is made from its clip here; the PNG's
+bytes may differ between machines (another PyAV, another zlib), its clip's never
+do, so a teammate's keys are the lock's. An identical frame uploaded again still
+hits, and a simulated clip never serves a real run. The key of a step is only known
+once the outputs it uses are.
 """
 
 from __future__ import annotations
@@ -15,22 +18,26 @@ from typing import Any
 
 from klingflow.cache import Cache, CacheEntry
 from klingflow.files import canonical_hash, file_hash
+from klingflow.lockfile import LockEntry
 from klingflow.plan import endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
 
-OutputHash = Callable[[Ref], str]
+ClipHash = Callable[[str], str]  # step id -> the SHA-256 of its clip
 
-CACHED = "cached"
+CACHED = "cached"  # the local cache holds it
+RESTORE = "restore"  # the remote cache holds it, or the lock names its (still held) task
 WILL_RUN = "will run"
+FREE = (CACHED, RESTORE)
 
 
 def request_key(step: Step, pipeline: Pipeline, backend: str,
-                output_hash: OutputHash) -> tuple[str, dict[str, Any]]:
-    """(key, canonical request) of a step; `output_hash` gives upstream outputs' hashes."""
+                clip_hash: ClipHash) -> tuple[str, dict[str, Any]]:
+    """(key, canonical request) of a step; `clip_hash` gives upstream steps' clip hashes."""
 
     def content(ref: Ref) -> str:
         if ref.scope == "steps":
-            return f"sha256:{output_hash(ref)}"
+            clip = f"sha256:{clip_hash(ref.name)}"
+            return clip if ref.attr in (None, "video") else f"{ref.attr}:{clip}"
         source = pipeline.inputs[ref.name]
         return f"sha256:{file_hash(source.path)}" if source.path else str(source.url)
 
@@ -42,44 +49,71 @@ def request_key(step: Step, pipeline: Pipeline, backend: str,
 @dataclass(frozen=True, slots=True)
 class Verdict:
     step_id: str
-    verdict: str  # CACHED or WILL_RUN
-    reason: str  # "" when cached; else new (never run, or its upstream is), changed: FIELD,
-    # upstream changed: ID (a step whose output the request carries will run), forced...
+    verdict: str  # CACHED, RESTORE or WILL_RUN
+    reason: str  # why: lock, task N; new (never run, or its upstream is); changed: FIELD;
+    # upstream changed: ID (a step whose output the request carries will run); forced...
     key: str | None  # None while an upstream step has no result yet
-    entry: CacheEntry | None
+    entry: CacheEntry | None = None  # CACHED: the cache's
+    locked: LockEntry | None = None  # RESTORE: the lock's
+
+    @property
+    def clip(self) -> str | None:
+        """The SHA-256 of the clip the step would have at no cost."""
+        outputs = self.entry.outputs if self.entry else self.locked.outputs if self.locked \
+            else {}
+        return outputs.get("video")
 
 
-def verdicts(pipeline: Pipeline, order: list[Step], cache: Cache, backend: str, *,
-             locked_keys: Mapping[str, str], forced: frozenset[str] = frozenset()
-             ) -> dict[str, Verdict]:
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """What verdicts are made of: the pipeline, the cache, the lock's section for the
+    backend, and the locked tasks a run found gone or changed (task id -> why)."""
+
+    pipeline: Pipeline
+    cache: Cache
+    backend: str
+    locked: Mapping[str, LockEntry]
+    unusable: Mapping[int, str]
+    forced: frozenset[str] = frozenset()
+    remote: Callable[[str], CacheEntry | None] | None = None  # the remote's record of a key
+
+
+def verdicts(judge: Judge, order: list[Step]) -> dict[str, Verdict]:
     """What a run would do with each step, in `order` (a topological order)."""
     found: dict[str, Verdict] = {}
     for step in order:
-        found[step.id] = _verdict(step, pipeline, cache, backend, found,
-                                  locked_keys.get(step.id), step.id in forced)
+        found[step.id] = _verdict(judge, step, found)
     return found
 
 
-def _verdict(step: Step, pipeline: Pipeline, cache: Cache, backend: str,
-             found: Mapping[str, Verdict], locked_key: str | None, forced: bool) -> Verdict:
-    upstream = [n for n in _referenced(step) if found[n].verdict != CACHED]
+def _verdict(judge: Judge, step: Step, found: Mapping[str, Verdict]) -> Verdict:
+    locked = judge.locked.get(step.id)
+    upstream = [n for n in _referenced(step) if found[n].verdict not in FREE]
     if upstream:
-        new = locked_key is None or found[upstream[0]].reason == "new"
+        new = locked is None or found[upstream[0]].reason == "new"
         reason = "new" if new else f"upstream changed: {upstream[0]}"
-        return Verdict(step.id, WILL_RUN, reason, None, None)
+        return Verdict(step.id, WILL_RUN, reason, None)
 
-    def output_hash(ref: Ref) -> str:
-        entry = found[ref.name].entry
-        assert entry is not None
-        return entry.outputs[ref.attr or "video"]
+    def clip_hash(step_id: str) -> str:
+        clip = found[step_id].clip
+        assert clip is not None
+        return clip
 
-    key, request = request_key(step, pipeline, backend, output_hash)
-    entry = cache.lookup(key)
-    if forced:
-        return Verdict(step.id, WILL_RUN, "forced", key, None)
+    key, request = request_key(step, judge.pipeline, judge.backend, clip_hash)
+    if step.id in judge.forced:
+        return Verdict(step.id, WILL_RUN, "forced", key)
+    entry = judge.cache.lookup(key)
     if entry is not None:
-        return Verdict(step.id, CACHED, "", key, entry)
-    return Verdict(step.id, WILL_RUN, _why_not_cached(request, locked_key, cache), key, None)
+        return Verdict(step.id, CACHED, "", key, entry=entry)
+    remote = judge.remote(key) if judge.remote is not None else None
+    if remote is not None:
+        return Verdict(step.id, RESTORE, "remote", key, entry=remote)
+    if locked is not None and locked.key == key and locked.task_id is not None:
+        why = judge.unusable.get(locked.task_id)
+        if why is None:
+            return Verdict(step.id, RESTORE, f"lock, task {locked.task_id}", key, locked=locked)
+        return Verdict(step.id, WILL_RUN, why, key)
+    return Verdict(step.id, WILL_RUN, _why_not_free(request, locked, judge.cache), key)
 
 
 def _referenced(step: Step) -> list[str]:
@@ -90,12 +124,12 @@ def _referenced(step: Step) -> list[str]:
     return [n for n in step.needs if n in refs]
 
 
-def _why_not_cached(request: Mapping[str, Any], locked_key: str | None, cache: Cache) -> str:
-    if locked_key is None:
+def _why_not_free(request: Mapping[str, Any], locked: LockEntry | None, cache: Cache) -> str:
+    if locked is None:
         return "new"
-    before = cache.lookup(locked_key)
+    before = cache.lookup(locked.key)
     if before is None:
-        return "changed"
+        return "changed" if locked.task_id is not None else "not in the cache"
     changed = changed_fields(before.request, request)
     return f"changed: {', '.join(changed)}" if changed else "not in the cache"
 
@@ -106,8 +140,8 @@ def changed_fields(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[
     fields = []
     for name in sorted(set(old) | set(new)):
         if old.get(name) != new.get(name):
-            upstream = str(new.get(name, "")).startswith("sha256:") and \
-                str(old.get(name, "")).startswith("sha256:")
+            upstream = "sha256:" in str(new.get(name, "")) and \
+                "sha256:" in str(old.get(name, ""))
             fields.append(f"{name} (upstream changed)" if upstream else name)
     if before.get("endpoint") != after.get("endpoint"):
         fields.insert(0, "kind")

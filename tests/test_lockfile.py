@@ -1,10 +1,15 @@
-"""The lock file: stable, diff-friendly, round-trips."""
+"""The lock file: stable, diff-friendly, one section per backend, round-trips."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from klingflow.lockfile import LockEntry, lock_path, read_lock
+import pytest
+
+from klingflow.lockfile import Lock, LockEntry, lock_path, read_lock, write_lock
+from klingflow.plan import build_plan
+from klingflow.spec import load_pipeline
+from tests.runhelpers import frames_step, write_pipeline
 
 
 def test_lock_path_sits_beside_the_pipeline() -> None:
@@ -12,13 +17,49 @@ def test_lock_path_sits_beside_the_pipeline() -> None:
 
 
 def test_a_missing_or_broken_lock_reads_as_empty(tmp_path: Path) -> None:
-    assert read_lock(tmp_path / "none.lock.yaml").steps == {}
+    assert read_lock(tmp_path / "none.lock.yaml").backends == {}
     broken = tmp_path / "b.lock.yaml"
     broken.write_text("steps: [1, 2")
-    assert read_lock(broken).steps == {}
+    assert read_lock(broken).steps("useapi") == {}
+
+
+def entry(key: str, task_id: int = 1) -> LockEntry:
+    return LockEntry(key=key, task_id=task_id, account="a", email="a@example.com",
+                     model="kling-v2-1", mode="std", duration=5, credits=20,
+                     outputs={"video": "b", "first_frame": "a"})
 
 
 def test_entry_yaml_orders_outputs() -> None:
-    entry = LockEntry(key="k", task_id=1, account=None, model="kling-v2-1", mode="std",
-                      duration=5, credits=20, outputs={"video": "b", "first_frame": "a"})
-    assert list(entry.to_yaml()["outputs"]) == ["first_frame", "video"]
+    assert list(entry("k").to_yaml()["outputs"]) == ["first_frame", "video"]
+
+
+@pytest.fixture
+def plan(tmp_path: Path):  # type: ignore[no-untyped-def]
+    path = write_pipeline(tmp_path, "two", [frames_step("one", "a"), frames_step("two", "b")])
+    return build_plan(load_pipeline(path))
+
+
+def test_each_backend_keeps_its_own_section(tmp_path: Path, plan) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "two.lock.yaml"
+    write_lock(path, name="two", plan=plan, backend="useapi", entries={"one": entry("real")},
+               previous=read_lock(path))
+    write_lock(path, name="two", plan=plan, backend="sim",
+               entries={"one": entry("sim", 7), "two": entry("sim2", 8)}, previous=read_lock(path))
+    lock = read_lock(path)
+    assert lock.steps("useapi") == {"one": entry("real")}  # a simulated run leaves it be
+    assert lock.steps("sim") == {"one": entry("sim", 7), "two": entry("sim2", 8)}
+    text = path.read_text()
+    assert text.startswith("# klingflow lock file: what each step of two last produced, per "
+                           "backend.\n")
+    assert text.index("  sim:\n") < text.index("  useapi:\n")  # a stable order
+
+
+def test_a_version_1_lock_reads_as_its_backends_section(tmp_path: Path) -> None:
+    old = tmp_path / "old.lock.yaml"
+    old.write_text("version: 1\npipeline: old\nbackend: useapi\nsteps:\n  one:\n"
+                   "    key: k\n    task_id: 5\n    account: null\n    model: kling-v2-1\n"
+                   "    mode: std\n    duration: 5\n    credits: 20\n"
+                   "    outputs: {video: v}\n")
+    assert read_lock(old) == Lock({"useapi": {"one": LockEntry(
+        key="k", task_id=5, account=None, model="kling-v2-1", mode="std", duration=5,
+        credits=20, outputs={"video": "v"})}})

@@ -117,11 +117,18 @@ def assert_one_task_per_step(entries: list[dict], report: dict) -> None:
     assert len(report_ids) == len(report["steps"])
 
 
-def assert_outputs_match_lock(path: Path, report: dict) -> None:
+def locked_steps(path: Path) -> dict:
+    """The lock's one section (these runs all use one backend) of the pipeline at `path`."""
     lock = yaml.safe_load(path.with_name(path.stem + ".lock.yaml").read_text())
+    (section,) = lock["backends"].values()
+    return dict(section)
+
+
+def assert_outputs_match_lock(path: Path, report: dict) -> None:
+    steps = locked_steps(path)
     run_dir = Path(report["run_dir"])
     for step in report["steps"]:
-        locked = lock["steps"][step["id"]]
+        locked = steps[step["id"]]
         assert locked["task_id"] == step["task_id"]
         for attr, out in step["outputs"].items():
             assert sha256(run_dir / out["path"]) == out["sha256"] == locked["outputs"][attr]
@@ -324,7 +331,7 @@ def test_slots_held_for_tasks_from_before_are_freed_when_the_cache_serves_them(
     path = make_project(tmp_path, "slots", steps[:2])
     env = cli_env(sim_url, tmp_path)
     assert finish(start_run(path, env))[0] == 0
-    locked = yaml.safe_load(path.with_name("slots.lock.yaml").read_text())["steps"]
+    locked = locked_steps(path)
     # A run killed after s0's and s1's tasks were submitted, while another run put
     # both in the cache: on resume they come from the cache, and the two slots of
     # account b (max_jobs 2) held for their tasks must go back, or s2 and s3 wait forever.

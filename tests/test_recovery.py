@@ -13,15 +13,13 @@ from klingflow.errors import ServerError, UnauthorizedError
 from klingflow.journal import Journal, JournalState
 from klingflow.plan import build_plan
 from klingflow.policy import Retrier
-from klingflow.run.collection import Collector
+from klingflow.run.recovery import Recovery
 from klingflow.run.results import RunAborted, StepFailed
 from klingflow.run.resume import Resume
 from klingflow.run.scheduling import Slots
-from klingflow.run.submission import Submitter
 from klingflow.run.uploads import Uploads
 from klingflow.run.waiting import Patience
 from klingflow.spec import load_pipeline
-from klingflow.spec.pipeline import Account
 from tests.runhelpers import frames_step, write_pipeline
 from tests.test_policy import FakeTime
 
@@ -58,26 +56,19 @@ class ScriptedService:
 
 
 def submitter(tmp_path: Path, service: ScriptedService,
-              prior: JournalState | None = None) -> tuple[Submitter, Any]:
+              prior: JournalState | None = None) -> tuple[Recovery, Any]:
+    """The recovery of a run whose journal says `prior`, against the scripted service."""
     path = write_pipeline(tmp_path / "p", "recover", [frames_step("s", "a lighthouse")])
     pipeline = load_pipeline(path)
     step = build_plan(pipeline).steps[0].step
     time = FakeTime()
-    retrier = Retrier(clock=time.clock, sleep=time.sleep)
-    patience = Patience(retrier, 1.0)
-    slots = Slots({"a": 1}, None)
-    journal = Journal(tmp_path / "journal.jsonl")
+    patience = Patience(Retrier(clock=time.clock, sleep=time.sleep), 1.0)
     client: Any = service
-    collector = Collector(client=client, run_dir=tmp_path, cache=None,  # type: ignore[arg-type]
-                          patience=patience, poll=None, retrier=retrier)  # type: ignore[arg-type]
-    uploads = Uploads(pipeline=pipeline, client=client, journal=journal, uploaded={},
-                      output_of=lambda ref: None, patience=patience)  # type: ignore[arg-type,return-value]
-    return Submitter(accounts={"a": Account("a", "a@x.test", 1)}, prices={}, client=client, journal=journal, slots=slots,
-                     uploads=uploads, collector=collector,
-                     resume=Resume(prior or JournalState(), slots), patience=patience,
-                     retrier=retrier, urgency={"s": 1.0}, backoff_base=1.0,
-                     max_rate_limit_wait=60.0, stopping=lambda: False,
-                     on_event=lambda event: None), step
+    uploads = Uploads(pipeline=pipeline, client=client, journal=Journal(tmp_path / "j.jsonl"),
+                      uploaded={}, output_of=lambda ref: None,  # type: ignore[arg-type,return-value]
+                      patience=patience)
+    owned = Resume(prior or JournalState(), Slots({"a": 1}, None)).owned_tasks()
+    return Recovery(client=client, uploads=uploads, patience=patience, claimed=owned), step
 
 
 async def test_the_reply_ref_in_the_scheduler_finds_the_task(tmp_path: Path) -> None:

@@ -74,4 +74,4 @@ def test_a_run_with_a_one_mode_effect_sends_that_mode(
     entry = json.loads((isolated / "home" / "entries" / f"{step['key']}.json").read_text())
     assert step["status"] == "succeeded" and entry["request"]["body"]["mode"] == "pro"
     lock = yaml.safe_load((path.parent / "spin.lock.yaml").read_text())
-    assert lock["steps"]["s"]["mode"] == "pro"
+    assert lock["backends"]["sim"]["s"]["mode"] == "pro"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from klingflow.cli import main
-from klingflow.lockfile import lock_path, write_lock
+from klingflow.lockfile import Lock, lock_path, write_lock
 from klingflow.plan import build_plan
 from klingflow.spec import load_pipeline
 from tests.conftest import EXAMPLE_FILES
@@ -86,7 +86,7 @@ def test_a_lock_file_among_the_pipelines_is_skipped_with_a_note(
     good.write_text(GOOD)
     plan = build_plan(load_pipeline(good))
     lock = lock_path(good)
-    write_lock(lock, name="good", backend="sim", plan=plan, entries={})
+    write_lock(lock, name="good", backend="sim", plan=plan, entries={}, previous=Lock({}))
     assert main(["validate", "--sim", str(good), str(lock)]) == 0
     out = capsys.readouterr()
     assert out.out == (f"{good}: ok (2 steps)\n"

@@ -18,6 +18,7 @@ from typing import IO, Any
 from klingflow.files import temporary_beside, write_atomically
 
 CACHE_DIR_NAME = ".klingflow"
+UNUSABLE = "unusable-locked-tasks.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,21 @@ class Cache:
         tmp = temporary_beside(dest)
         shutil.copyfile(self.object_path(sha), tmp)
         tmp.replace(dest)
+
+    def unusable_tasks(self) -> dict[int, str]:
+        """Locked tasks a run could not restore from (gone, or not the locked clip): task
+        id -> why. `plan` says so and prices the step as will run."""
+        try:
+            data = json.loads((self.root / UNUSABLE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return {int(task): str(why) for task, why in data.items()} \
+            if isinstance(data, dict) else {}
+
+    def mark_unusable(self, task_id: int, why: str) -> None:
+        found = self.unusable_tasks()
+        found[task_id] = why
+        write_atomically(self.root / UNUSABLE, json.dumps(found, indent=1, sort_keys=True))
 
     def try_claim(self, key: str) -> Claim | None:
         """The key's lock if no other process holds it, else None (never blocks).

@@ -102,6 +102,18 @@ class RemoteCache:
         _check_key(key)
         return await self.bucket.stat(record_path(key)) is not None
 
+    async def record(self, key: str) -> CacheEntry | None:
+        """The remote's record for `key`, its files unchecked (for `plan` and `lock`, which
+        only say what a run would do); None when there is none or it is unreadable."""
+        _check_key(key)
+        blob = await self.bucket.read(record_path(key))
+        if blob is None:
+            return None
+        try:
+            return decode_record(blob.data, key)
+        except RecordError:
+            return None
+
     async def fetch(self, key: str, local: Cache) -> FetchResult:
         """Serve `key` from the remote into `local`, or say why not."""
         _check_key(key)

@@ -19,14 +19,13 @@ import anyio
 
 from klingflow.cache import Cache, Claim
 from klingflow.cache.inflight import InFlightRecords
-from klingflow.client import KlingClient, Task
-from klingflow.errors import is_moderation
+from klingflow.client import KlingClient
 from klingflow.journal import Journal, JournalState
-from klingflow.media import MediaError
 from klingflow.plan import Plan, PlannedStep
 from klingflow.policy import PollPolicy, Retrier
 from klingflow.run.collection import Collector
 from klingflow.run.durations import Durations
+from klingflow.run.payment import SERVED, Payer
 from klingflow.run.results import (
     Event,
     NotSubmitted,
@@ -37,6 +36,7 @@ from klingflow.run.results import (
 )
 from klingflow.run.resume import Resume
 from klingflow.run.scheduling import Budget, Slots, urgency
+from klingflow.run.sources import Sharing, Sources
 from klingflow.run.submission import Submitter
 from klingflow.run.uploads import Uploads
 from klingflow.run.waiting import Patience
@@ -66,7 +66,7 @@ class Executor:
                  accounts: Mapping[str, Account],
                  prior: JournalState | None = None,
                  on_event: Callable[[Event], None] = lambda event: None,
-                 retrier: Retrier | None = None) -> None:
+                 retrier: Retrier | None = None, sharing: Sharing | None = None) -> None:
         self.pipeline = pipeline
         self.planned = {s.id: s for s in plan.steps}
         self.run_dir = run_dir
@@ -81,11 +81,11 @@ class Executor:
         self._stopping = False
         self._slots = self._make_slots()
         self._resume = Resume(prior or JournalState(), self._slots)
-        self._prepaid = self._resume.paid()
-        self._budget = Budget(options.budget if options.budget is not None else pipeline.budget,
-                              spent=sum(self.planned[sid].credits or 0 for sid in self._prepaid
-                                        if sid in self.planned))
-        retrier = retrier or Retrier()
+        prepaid = self._resume.paid()
+        budget = Budget(options.budget if options.budget is not None else pipeline.budget,
+                        spent=sum(self.planned[sid].credits or 0 for sid in prepaid
+                                  if sid in self.planned))
+        retrier, sharing = retrier or Retrier(), sharing or Sharing()
         patience = Patience(retrier, options.backoff)
         self._durations = Durations(cache.root / "durations.json")
         self._collector = Collector(client=client, run_dir=run_dir, cache=cache,
@@ -103,6 +103,12 @@ class Executor:
             backoff_base=options.backoff,
             max_rate_limit_wait=options.max_rate_limit_wait,
             stopping=lambda: self._stopping, on_event=on_event)
+        self._sources = Sources(sharing=sharing, collector=self._collector, cache=cache,
+                                accounts=self.accounts, on_event=on_event)
+        self._payer = Payer(submitter=self._submitter, collector=self._collector, cache=cache,
+                            sharing=sharing, slots=self._slots, budget=budget,
+                            prepaid=self._resume.paid(), durations=self._durations,
+                            backend=options.backend, on_event=on_event)
 
     def _make_slots(self) -> Slots:
         total = self.options.max_jobs or self.pipeline.max_jobs
@@ -194,12 +200,31 @@ class Executor:
         claim = await self._claim(key)
         try:
             if step.id not in self.options.force and \
-                    self._collector.restore_cached(step, result, key):
-                self._served(planned, result, "cache")
+                    await self._serve(planned, result, key, request):
                 return
-            await self._generate(planned, result, request)
+            if await self._payer.pay(planned, result, request) == SERVED:
+                self._collector.restore_cached(step, result, key)
+                self._served(planned, result, "remote")
+                return
+            self._record_success(result, StepStatus.SUCCEEDED)
         finally:
             claim.release()
+
+    async def _serve(self, planned: PlannedStep, result: StepResult, key: str,
+                     request: dict[str, Any]) -> bool:
+        """Served at no cost: the local cache, then the remote, then the lock."""
+        step, sources = planned.step, self._sources
+        if self._collector.restore_cached(step, result, key):
+            source = "cache"
+        elif await sources.from_remote(step, result, key):
+            source = "remote"
+        elif await sources.from_lock(step, result, key, request):
+            source = "lock"
+        else:
+            return False
+        self._served(planned, result, source)
+        sources.share(key)
+        return True
 
     async def _claim(self, key: str) -> Claim:
         """Wait until no other process works on this request (two runs never pay twice)."""
@@ -210,7 +235,7 @@ class Executor:
     def request_key(self, step: Step) -> tuple[str, dict[str, Any]]:
         """The step's cache key: its canonical request, inputs replaced by content hashes."""
         return request_key(step, self.pipeline, self.options.backend,
-                           lambda ref: self._output_of(ref).sha256)
+                           lambda step_id: self.results[step_id].outputs["video"].sha256)
 
     def _restore_finished(self, step: Step, result: StepResult, key: str) -> bool:
         """On resume: a step this run directory already finished is not done again."""
@@ -223,27 +248,6 @@ class Executor:
         status = StepStatus.SUCCEEDED if done["event"] == "succeeded" else StepStatus.CACHED
         self._finish(result, status, None, None)
         return True
-
-    async def _generate(self, planned: PlannedStep, result: StepResult,
-                        request: dict[str, Any]) -> None:
-        step, credits = planned.step, planned.credits
-        reserved = step.id not in self._prepaid  # a task paid before a crash is counted
-        if reserved:
-            self._budget.reserve(step.id, credits)
-        try:
-            task, email, alias = await self._submit_and_wait(planned, result)
-        except BaseException:
-            if reserved and result.task_id is None:
-                self._budget.refund(credits)
-            raise
-        try:
-            await self._collector.collect(step, result, task, email)
-            await self._collector.keep(result, task_id=task.id, account=alias,
-                                       credits=credits, request=request)
-        except (OSError, MediaError) as exc:
-            raise _uncollected(task, exc) from exc
-        self._submitter.settled(result.key or "")
-        self._record_success(result, StepStatus.SUCCEEDED)
 
     def _served(self, planned: PlannedStep, result: StepResult, source: str) -> None:
         """A step served at no cost; one whose task this run paid for (before a crash)
@@ -260,40 +264,3 @@ class Executor:
                             "task_id": result.task_id, "account": result.account,
                             "served_by": result.served_by, "outputs": outputs})
         self._finish(result, status, None, None)
-
-    async def _submit_and_wait(self, planned: PlannedStep,
-                               result: StepResult) -> tuple[Task, str | None, str | None]:
-        """Hold a slot from submit until the task is final; returns (task, email, alias)."""
-        step, key = planned.step, result.key
-        assert key is not None
-        alias, task = await self._submitter.reattach(step, result, key)
-        if task is None:
-            alias, task = await self._submitter.submit(step, result, key)
-        email = self._submitter.email(alias)
-        since = self._submitter.submitted_at(step.id)
-        kind = Durations.key(self.options.backend, step.kind, planned.model, planned.mode,
-                             planned.duration)
-        try:
-            task = await self._collector.wait_final(step, task, email, since=since,
-                                                    expected=self._durations.expected(kind))
-        finally:
-            self._slots.release(alias)
-            result.final_at = time.time()
-        if task.succeeded:
-            self._durations.record(kind, time.time() - since)
-        if task.failed:
-            category = "moderation" if is_moderation(task.error) else "generation_failed"
-            raise StepFailed(category, f"task {task.id} failed: "
-                             f"{task.error or task.message or task.status_name}")
-        return task, email, alias
-
-
-def _uncollected(task: Task, exc: OSError | MediaError) -> StepFailed:
-    """A task that is done and paid for whose files could not be made here: the journal
-    and the in-flight record keep it, so `--resume` collects it without paying again."""
-    category = "media" if isinstance(exc, MediaError) else "local_files"
-    reason = str(exc) if isinstance(exc, MediaError) else \
-        f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc)
-    return StepFailed(category, f"task {task.id} is done and paid for, but its result could "
-                      f"not be kept: {reason}; fix that and run again with --resume to "
-                      "collect it at no cost", unresolved=True)

@@ -11,25 +11,30 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
+from klingflow.cache.claims import Lease
 from klingflow.cache.inflight import InFlight, InFlightRecords
 from klingflow.client import KlingClient, Task
-from klingflow.errors import ApiError, RateLimitedError, ServerError, TransportError
+from klingflow.errors import (
+    ApiError,
+    ClaimLostError,
+    RateLimitedError,
+    RemoteCacheError,
+    ServerError,
+    TransportError,
+)
 from klingflow.journal import Journal
-from klingflow.kinds import StepKind, kind_of
 from klingflow.plan import endpoint_of
 from klingflow.policy import Backoff, Retrier, RetriesExhausted, RetryPolicy
 from klingflow.run.collection import Collector
+from klingflow.run.recovery import Recovery
 from klingflow.run.results import Event, NotSubmitted, StepFailed, StepResult, step_failure
 from klingflow.run.resume import Resume
 from klingflow.run.scheduling import Slots
 from klingflow.run.uploads import Uploads
 from klingflow.run.waiting import Patience
 from klingflow.spec.pipeline import Account, Step
-
-RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be stamped
 
 
 class Submitter:
@@ -63,6 +68,8 @@ class Submitter:
         self._stopping = stopping
         self._on_event = on_event
         self._claimed: set[int] = resume.owned_tasks()
+        self._recovery = Recovery(client=client, uploads=uploads, patience=patience,
+                                  claimed=self._claimed)
         self._submitted_at: dict[str, float] = {}
 
     def submitted_at(self, step_id: str) -> float:
@@ -75,14 +82,17 @@ class Submitter:
 
     # ---- re-attaching on resume -------------------------------------------------------
 
-    async def reattach(self, step: Step, result: StepResult,
-                       key: str) -> tuple[str | None, Task | None]:
+    async def reattach(self, step: Step, result: StepResult, key: str, *,
+                       previous: InFlight | None = None) -> tuple[str | None, Task | None]:
         """The task an earlier POST of this request may have created, with a slot for it:
         from this run directory's journal (a resume), else from the cache's in-flight
-        record (a run whose directory is gone, or another run's unresolved POST)."""
+        record (a run whose directory is gone, or another run's unresolved POST), else
+        from `previous`, what the remote claim this machine took over knew."""
         found = await self._from_journal(step, result, key)
         if found is None:
-            found = await self._from_record(step, result, key)
+            found = await self._from_record(step, result, key, self._inflight.get(key))
+        if found is None and previous is not None:
+            found = await self._from_record(step, result, key, previous)
         if found is None:
             return None, None
         alias, email, task_id = found
@@ -96,7 +106,7 @@ class Submitter:
         task_id = None
         if sub.key == key:
             result.attempts = self._resume.attempts(step.id)
-            task_id = sub.task_id or await self.recover(step, sub.reply_ref, sub.email,
+            task_id = sub.task_id or await self._recovery.recover(step, sub.reply_ref, sub.email,
                                                         sub.at_ms)
         if task_id is None:
             self._resume.give_back(step.id)
@@ -106,13 +116,12 @@ class Submitter:
         self._resume.adopt(step.id)
         return sub.account, sub.email, task_id
 
-    async def _from_record(self, step: Step, result: StepResult,
-                           key: str) -> tuple[str | None, str | None, int] | None:
-        record = self._inflight.get(key)
+    async def _from_record(self, step: Step, result: StepResult, key: str,
+                           record: InFlight | None) -> tuple[str | None, str | None, int] | None:
         if record is None:
             return None
         self._owned.add(key)  # this run settles it now
-        task_id = record.task_id or await self.recover(step, record.reply_ref, record.email,
+        task_id = record.task_id or await self._recovery.recover(step, record.reply_ref, record.email,
                                                        record.at_ms)
         if task_id is None:
             self._inflight.done(key)  # its POST surely created nothing
@@ -132,7 +141,8 @@ class Submitter:
 
     # ---- submitting -------------------------------------------------------------------
 
-    async def submit(self, step: Step, result: StepResult, key: str) -> tuple[str | None, Task]:
+    async def submit(self, step: Step, result: StepResult, key: str, *,
+                     lease: Lease | None = None) -> tuple[str | None, Task]:
         """POST until a task exists, never paying twice; returns with a slot held.
 
         `step.retries` bounds the POSTs that surely created nothing after an error;
@@ -143,7 +153,7 @@ class Submitter:
         while True:
             alias = await self._acquire(step, result)
             try:
-                outcome = await self._post(step, result, key, alias)
+                outcome = await self._post(step, result, key, alias, lease)
             except RateLimitedError as refused:
                 self._slots.release(alias)
                 await self._wait_rate_limit(step, busy, refused)
@@ -172,8 +182,8 @@ class Submitter:
             raise NotSubmitted
         return alias
 
-    async def _post(self, step: Step, result: StepResult, key: str,
-                    alias: str | None) -> Task | ApiError:
+    async def _post(self, step: Step, result: StepResult, key: str, alias: str | None,
+                    lease: Lease | None) -> Task | ApiError:
         """One POST with its journal lines; the error when it surely created no task."""
         email = self.email(alias)
         body = await self._uploads.body(step, email)
@@ -186,10 +196,12 @@ class Submitter:
         self._inflight.sending(InFlight(key, step.id, reply_ref, alias, email, at_ms,
                                         run_dir=str(self._journal.path.parent)))
         self._owned.add(key)
+        await _tell_claim(lease, step, lambda held: held.submitting(
+            reply_ref=reply_ref, account=alias, email=email, at_ms=at_ms))
         try:
             task = await self._client.submit(endpoint_of(step), {**body, "replyRef": reply_ref})
         except (ServerError, TransportError) as unknown:
-            task_id = await self.recover(step, reply_ref, email, at_ms, body)
+            task_id = await self._recovery.recover(step, reply_ref, email, at_ms, body)
             if task_id is None:
                 return unknown
             task = await self._collector.get_task(step, task_id, email)
@@ -198,6 +210,7 @@ class Submitter:
         except ApiError as exc:
             raise step_failure(exc) from exc
         self._attach(step, result, key, task.id, alias, email, reply_ref, at_ms)
+        await _tell_claim(lease, step, lambda held: held.submitted(task.id), created=task.id)
         return task
 
     def _attach(self, step: Step, result: StepResult, key: str, task_id: int,
@@ -229,45 +242,21 @@ class Submitter:
                              f"account busy (429); retrying in {delay:.1f} s"))
         await self._retrier.sleep(delay)
 
-    # ---- recovering a POST whose outcome is unknown -------------------------------------
 
-    async def recover(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
-                      body: Mapping[str, Any] | None = None) -> int | None:
-        """The task a POST created, or None when it surely created none.
-
-        Looks for its replyRef in GET scheduler, then for a matching task in GET
-        tasks. Until those answer, nothing is known, so it keeps asking (within
-        the step's timeout) rather than risk paying twice.
-        """
-        try:
-            return await self._patience(
-                step.timeout, lambda: self._find_created(step, reply_ref, email, at_ms, body))
-        except ApiError as exc:
-            if not exc.retryable:
-                raise step_failure(exc) from exc
-            raise StepFailed("recovery", "could not tell whether a task was created "
-                             f"(resume to try again): {exc}", unresolved=True) from exc
-
-    async def _find_created(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
-                            body: Mapping[str, Any] | None) -> int | None:
-        for entry in await self._client.scheduler():
-            if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
-                return entry.task_id
-        if body is None:
-            body = await self._uploads.body(step, email)
-        since = at_ms - RECOVERY_WINDOW_MS
-        for task in await self._client.list_tasks(email=email, created_after_ms=since):
-            if task.id not in self._claimed and matches(task, body, kind_of(step.kind)):
-                return task.id
-        return None
-
-
-def matches(task: Task, body: Mapping[str, Any], kind: StepKind) -> bool:
-    """Whether a task from GET tasks is the one `body` asked for (no replyRef there)."""
-    wanted_urls = {str(body[k]) for k in ("image", "image_tail") if body.get(k)}
-    if not wanted_urls <= set(task.input_urls):
-        return False
-    for field_name, argument in kind.matches:
-        if body.get(field_name) and task.arguments.get(argument) != body[field_name]:
-            return False
-    return True
+async def _tell_claim(lease: Lease | None, step: Step,
+                      write: Callable[[Lease], Awaitable[None]], *,
+                      created: int | None = None) -> None:
+    """Tell the remote claim what this machine does, so a machine that takes it over
+    finds the task instead of paying. A claim another machine took over means this one
+    must not submit (before the POST); after it, the task is this step's all the same."""
+    if lease is None:
+        return
+    try:
+        await write(lease)
+    except ClaimLostError as lost:
+        if created is None:
+            raise StepFailed("remote", f"{lost}; nothing was sent") from lost
+    except RemoteCacheError as exc:
+        if created is None:
+            raise StepFailed("remote", f"the remote claim could not be updated, so nothing "
+                             f"was sent: {exc}") from exc

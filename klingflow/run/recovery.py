@@ -1,0 +1,75 @@
+"""Recovering a POST whose outcome is unknown: the task it created, or proof of none.
+
+The API has no idempotency key. A POST answered by a 500 that is not moderation, a
+reset or a timeout may have created (and billed) a task. Its replyRef is looked for
+in GET /scheduler (tasks in progress), then a task with its inputs and prompt in GET
+/tasks (the history since just before the POST). Only when neither has it is the
+request sent again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from klingflow.client import KlingClient, Task
+from klingflow.errors import ApiError
+from klingflow.kinds import StepKind, kind_of
+from klingflow.run.results import StepFailed, step_failure
+from klingflow.run.uploads import Uploads
+from klingflow.run.waiting import Patience
+from klingflow.spec.pipeline import Step
+
+RECOVERY_WINDOW_MS = 10_000  # how far before a POST a task it created may be stamped
+
+
+class Recovery:
+    """`claimed`: the tasks this run already owns, never adopted by another step."""
+
+    def __init__(self, *, client: KlingClient, uploads: Uploads, patience: Patience,
+                 claimed: set[int]) -> None:
+        self._client = client
+        self._uploads = uploads
+        self._patience = patience
+        self._claimed = claimed
+
+    async def recover(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
+                      body: Mapping[str, Any] | None = None) -> int | None:
+        """The task a POST created, or None when it surely created none.
+
+        Looks for its replyRef in GET scheduler, then for a matching task in GET
+        tasks. Until those answer, nothing is known, so it keeps asking (within
+        the step's timeout) rather than risk paying twice.
+        """
+        try:
+            return await self._patience(
+                step.timeout, lambda: self._find_created(step, reply_ref, email, at_ms, body))
+        except ApiError as exc:
+            if not exc.retryable:
+                raise step_failure(exc) from exc
+            raise StepFailed("recovery", "could not tell whether a task was created "
+                             f"(resume to try again): {exc}", unresolved=True) from exc
+
+    async def _find_created(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
+                            body: Mapping[str, Any] | None) -> int | None:
+        for entry in await self._client.scheduler():
+            if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
+                return entry.task_id
+        if body is None:
+            body = await self._uploads.body(step, email)
+        since = at_ms - RECOVERY_WINDOW_MS
+        for task in await self._client.list_tasks(email=email, created_after_ms=since):
+            if task.id not in self._claimed and matches(task, body, kind_of(step.kind)):
+                return task.id
+        return None
+
+
+def matches(task: Task, body: Mapping[str, Any], kind: StepKind) -> bool:
+    """Whether a task from GET tasks is the one `body` asked for (no replyRef there)."""
+    wanted_urls = {str(body[k]) for k in ("image", "image_tail") if body.get(k)}
+    if not wanted_urls <= set(task.input_urls):
+        return False
+    for field_name, argument in kind.matches:
+        if body.get(field_name) and task.arguments.get(argument) != body[field_name]:
+            return False
+    return True
