@@ -143,6 +143,11 @@ class TransportError(ApiError):
         self.retryable = True
 
 
+class RequestNotSentError(ApiError):
+    """A request that could not be sent as built (a header HTTP does not allow): nothing
+    reached the service, and sending it again cannot help."""
+
+
 _CATEGORIES: dict[type, str] = {
     BadRequestError: "bad_request",
     UnauthorizedError: "unauthorized",
@@ -152,6 +157,7 @@ _CATEGORIES: dict[type, str] = {
     ModerationError: "moderation",
     ServerError: "server_error",
     TransportError: "transport",
+    RequestNotSentError: "request_not_sent",
 }
 
 

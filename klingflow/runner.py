@@ -27,7 +27,7 @@ from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.report import RunReport, RunStatus, write_report
 from klingflow.run import Event, Executor, RunOptions, StepResult
 from klingflow.rundir import open_run_dir
-from klingflow.settings import Settings
+from klingflow.settings import ApiToken, Settings
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
 from klingflow.verdicts import verdicts
@@ -64,7 +64,8 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     started = time.time()
     executor = Executor(
         pipeline=pipeline, plan=plan,
-        client=KlingClient(http, token=settings.token or "", base_url=settings.base_url),
+        client=KlingClient(http, token=settings.token.reveal() if settings.token else "",
+                           base_url=settings.base_url),
         run_dir=run_dir, journal=journal, cache=cache, options=_options(settings, pipeline),
         prior=prior, on_event=on_event)
     try:
@@ -123,7 +124,7 @@ def _backend(settings: Settings, pipeline: Pipeline) -> Iterator[Settings]:
                        state_dir=settings.cache_root(pipeline.path) / "sim",
                        accounts=accounts or [DEFAULT_ACCOUNT])
     with running_simulator(config) as base_url:
-        yield replace(settings, base_url=base_url, token=SIM_TOKEN)
+        yield replace(settings, base_url=base_url, token=ApiToken(SIM_TOKEN))
 
 
 def _update_lock(plan: Plan, backend: str, cache: Cache,

@@ -7,18 +7,62 @@ URL, the cache's home and the run's options all arrive here.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from klingflow.cache import CACHE_DIR_NAME
+from klingflow.errors import UsageError
 from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
+TOKEN_VARIABLE = "USEAPI_TOKEN"
 SIM_BACKOFF = 0.2
 REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
 SIM_POLL_FLOOR = 0.05  # simulated tasks take seconds
+
+
+class ApiToken:
+    """The useapi.net API token. Nothing shows it: not repr, str, format or a message;
+    only `reveal()` gives it, for the Authorization header."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiToken(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ApiToken) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def parse_token(raw: str, *, source: str = TOKEN_VARIABLE) -> ApiToken | None:
+    """The token in `raw` without surrounding whitespace (a file's or a CRLF line's end);
+    None when nothing is left. A control or non-ASCII character inside it is refused
+    (UsageError naming `source`, never the value): no HTTP header can carry it."""
+    token = raw.strip()
+    if not token:
+        return None
+    if any(unicodedata.category(ch) == "Cc" for ch in token):
+        raise UsageError(f"{source}: the token holds a control character (such as a line "
+                         f"break or a tab) inside it; set {source} to the useapi.net API "
+                         "token alone")
+    if not token.isascii():
+        raise UsageError(f"{source}: the token holds a character that is not ASCII; set "
+                         f"{source} to the useapi.net API token alone")
+    return ApiToken(token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +92,7 @@ class RunFlags:
 class Settings:
     """Where klingflow talks to and keeps things, and how a run goes."""
 
-    token: str | None = field(default=None, repr=False)  # USEAPI_TOKEN; never printed
+    token: ApiToken | None = None  # USEAPI_TOKEN; never printed
     base_url: str = DEFAULT_API_BASE  # KLINGFLOW_API_BASE
     home: Path | None = None  # KLINGFLOW_HOME: the cache root for every pipeline
     sim: SimOptions | None = None  # run on the embedded simulator
@@ -58,9 +102,10 @@ class Settings:
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
                          sim: SimOptions | None = None,
                          run: RunFlags | None = None) -> Settings:
+        """Raises UsageError (exit 2) for a token that cannot work."""
         env = os.environ if environ is None else environ
         home = env.get("KLINGFLOW_HOME")
-        return cls(token=env.get("USEAPI_TOKEN") or None,
+        return cls(token=parse_token(env.get(TOKEN_VARIABLE, "")),
                    base_url=env.get("KLINGFLOW_API_BASE") or DEFAULT_API_BASE,
                    home=Path(home) if home else None, sim=sim, run=run or RunFlags())
 
