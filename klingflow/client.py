@@ -184,8 +184,12 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _redact(url: httpx.URL | str) -> str:
-    """The URL without its query (signed media URLs carry credentials of their own)."""
-    return str(httpx.URL(url).copy_with(query=None))
+    """The URL without user name, password, query or fragment: signed media URLs carry
+    credentials in their query, and no message may show a password."""
+    try:
+        return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "(an address that is not a valid URL)"
 
 
 class KlingClient:

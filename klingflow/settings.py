@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from klingflow.cache import CACHE_DIR_NAME
 from klingflow.errors import UsageError
@@ -18,6 +19,7 @@ from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 TOKEN_VARIABLE = "USEAPI_TOKEN"
+API_BASE_VARIABLE = "KLINGFLOW_API_BASE"
 SIM_BACKOFF = 0.2
 REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
@@ -65,6 +67,34 @@ def parse_token(raw: str, *, source: str = TOKEN_VARIABLE) -> ApiToken | None:
     return ApiToken(token)
 
 
+def check_api_base(raw: str, *, source: str = API_BASE_VARIABLE) -> str:
+    """The API's base URL from `raw`, once it is an http(s) address that holds no
+    credential. A message about it never repeats the value: it may hold a password."""
+    url = raw.strip()
+    expected = f"set {source} to the API's address alone, such as {DEFAULT_API_BASE}"
+    if "@" in url:
+        raise UsageError(f"{source}: the address holds a user name or password (user:"
+                         f"password@); the API takes only the bearer token from "
+                         f"{TOKEN_VARIABLE}: {expected}")
+    if "?" in url or "#" in url:
+        raise UsageError(f"{source}: the address holds a query or a fragment (?... or "
+                         f"#...), which may carry a key; {expected}")
+    if not url.isascii() or any(ch.isspace() or unicodedata.category(ch) == "Cc"
+                                for ch in url):
+        raise UsageError(f"{source}: the address holds a space, a control character or a "
+                         f"character that is not ASCII; {expected}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0..65535
+    except ValueError:
+        raise UsageError(f"{source}: the address is not a valid URL (its host or port); "
+                         f"{expected}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{source}: the address must start with http:// or https:// "
+                         f"and name a host; {expected}")
+    return url
+
+
 @dataclass(frozen=True, slots=True)
 class SimOptions:
     """The embedded simulator's options (`--sim`)."""
@@ -102,11 +132,12 @@ class Settings:
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
                          sim: SimOptions | None = None,
                          run: RunFlags | None = None) -> Settings:
-        """Raises UsageError (exit 2) for a token that cannot work."""
+        """Raises UsageError (exit 2) for a token or base URL that cannot work."""
         env = os.environ if environ is None else environ
         home = env.get("KLINGFLOW_HOME")
+        base = env.get(API_BASE_VARIABLE, "").strip()
         return cls(token=parse_token(env.get(TOKEN_VARIABLE, "")),
-                   base_url=env.get("KLINGFLOW_API_BASE") or DEFAULT_API_BASE,
+                   base_url=check_api_base(base) if base else DEFAULT_API_BASE,
                    home=Path(home) if home else None, sim=sim, run=run or RunFlags())
 
     @property

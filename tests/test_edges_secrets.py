@@ -2,7 +2,8 @@
 
 A token is stripped of surrounding whitespace and refused, before any request, when
 a control or non-ASCII character is inside it; no repr, message or traceback shows
-it.
+it. KLINGFLOW_API_BASE may not hold a user name, password, query or fragment, and no
+URL in a message carries one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from klingflow.client import KlingClient
-from klingflow.errors import RequestNotSentError
+from klingflow.errors import NotFoundError, RequestNotSentError, TransportError
 from klingflow.settings import ApiToken, Settings
 from klingflow.sim import SimConfig, running_simulator
 from tests.runhelpers import (
@@ -32,6 +33,8 @@ __all__ = ["isolated"]
 
 SECRET = "user:77-fake-EDGES-secret-token"
 HINT = "set USEAPI_TOKEN to the useapi.net API token alone"
+BASE_HINT = ("set KLINGFLOW_API_BASE to the API's address alone, such as "
+             "https://api.useapi.net/v1/kling")
 
 
 def _one_step(folder: Path, name: str) -> Path:
@@ -125,3 +128,80 @@ async def test_a_header_that_cannot_be_sent_is_said_without_its_value(token: str
     drawn = "".join(traceback.format_exception(error))
     assert SECRET[10:] not in drawn and SECRET[10:] not in repr(error)
     assert error.__cause__ is None and error.__suppress_context__
+
+
+# ---- URL credentials -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("template", "problem"), [
+    ("http://klinguser:s3cret-pw@{host}", "holds a user name or password (user:password@); "
+     "the API takes only the bearer token from USEAPI_TOKEN:"),
+    ("http://s3cret-pw@{host}", "holds a user name or password (user:password@); "
+     "the API takes only the bearer token from USEAPI_TOKEN:"),
+    ("http://{host}?key=s3cret-pw", "holds a query or a fragment (?... or #...), which may "
+     "carry a key;"),
+    ("http://{host}#s3cret-pw", "holds a query or a fragment (?... or #...), which may "
+     "carry a key;"),
+])
+def test_an_api_base_with_credentials_is_refused_without_repeating_them(
+        isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        template: str, problem: str) -> None:
+    path = _one_step(isolated / "p", "url-credentials")
+    with external_sim(monkeypatch, SimConfig(token=SECRET, task_seconds=0.2)) as sim:
+        base = template.format(host=sim.base_url.removeprefix("http://"))
+        monkeypatch.setenv("KLINGFLOW_API_BASE", base)
+        code, out, err = run_cli(["run", str(path), "--out", str(isolated / "runs"),
+                                  "--poll-interval", "0.05"], capsys)
+        ledger = sim.ledger()
+    assert (code, out, ledger) == (2, "", [])
+    assert err == f"klingflow: KLINGFLOW_API_BASE: the address {problem} {BASE_HINT}\n"
+    assert "s3cret" not in err and "klinguser" not in err
+    assert not (isolated / "runs").exists()
+    assert not (path.parent / "url-credentials.lock.yaml").exists()
+
+
+@pytest.mark.parametrize(("base", "problem"), [
+    ("127.0.0.1:9/v1/kling", "must start with http:// or https:// and name a host;"),
+    ("ftp://127.0.0.1/v1/kling", "must start with http:// or https:// and name a host;"),
+    ("https:///v1/kling", "must start with http:// or https:// and name a host;"),
+    ("http://127.0.0.1:99999/v1/kling", "is not a valid URL (its host or port);"),
+    ("http://[::1/v1/kling", "is not a valid URL (its host or port);"),
+    ("http://127.0.0.1:9/v1/kl ing", "holds a space, a control character or a character "
+     "that is not ASCII;"),
+])
+def test_an_api_base_that_is_no_http_address_is_refused(
+        isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        base: str, problem: str) -> None:
+    monkeypatch.setenv("USEAPI_TOKEN", SECRET)
+    monkeypatch.setenv("KLINGFLOW_API_BASE", base)
+    path = _one_step(isolated / "p", "bad-base")
+    code, out, err = run_cli(["run", str(path), "--out", str(isolated / "runs")], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"klingflow: KLINGFLOW_API_BASE: the address {problem} {BASE_HINT}\n"
+
+
+def _answering(status: int | None) -> httpx.AsyncClient:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if status is None:
+            raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+        return httpx.Response(status, json={"error": "Request has expired"})
+
+    return httpx.AsyncClient(transport=httpx.MockTransport(answer))
+
+
+SIGNED = "https://cdnuser:s3cret-pw@cdn.example.com/v/12.mp4?X-Amz-Signature=s3cret-sig#t=1"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("status", "kind", "text"), [
+    (403, NotFoundError, "HTTP 403: Request has expired"),
+    (None, TransportError, "no response: ConnectError: [Errno 111] Connection refused"),
+])
+async def test_a_signed_media_url_is_shown_without_its_credentials(
+        tmp_path: Path, status: int | None, kind: type[Exception], text: str) -> None:
+    async with _answering(status) as http:
+        client = KlingClient(http, token=SECRET)
+        with pytest.raises(kind) as caught:
+            await client.download(SIGNED, tmp_path / "clip.mp4")
+    assert str(caught.value) == f"GET https://cdn.example.com/v/12.mp4: {text}"
+    assert caught.value.url == "https://cdn.example.com/v/12.mp4"
