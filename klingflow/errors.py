@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
@@ -25,6 +26,18 @@ class KlingflowError(Exception):
 
 class UsageError(KlingflowError):
     """Bad command-line use or environment (no token, unknown run directory...)."""
+
+
+class JournalError(KlingflowError):
+    """A run journal that cannot be read back; names the file and the line."""
+
+    def __init__(self, path: Path, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = path, line, problem
+        if line is None:
+            super().__init__(f"{path}: {problem}")
+        else:
+            super().__init__(f"{path}:{line}: {problem}; the run journal is damaged: repair "
+                             f"or delete line {line}, then resume again")
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -6,14 +6,17 @@ so a crash at any moment leaves enough to re-attach to every task that was paid 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from klingflow.errors import JournalError, UsageError
+
+MAX_TAIL = 1 << 20  # a journal line is far shorter than this
 
 
 @dataclass(slots=True)
@@ -62,7 +65,7 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._handle = path.open("a", encoding="utf-8")
+        self._handle = open_for_append(path)
 
     def write(self, event: Mapping[str, Any]) -> None:
         line = json.dumps({**event, "time": round(time.time(), 3)}, sort_keys=True)
@@ -75,10 +78,81 @@ class Journal:
 
     @staticmethod
     def replay(path: Path) -> JournalState:
+        """What the journal at `path` says. A last line cut short by a crash is ignored;
+        any other line that is not a journal event is a JournalError naming it."""
         state = JournalState()
-        if not path.exists():
-            return state
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):  # a line cut short by a crash
-                state.apply(json.loads(line))
+        for number, event in read_events(path):
+            try:
+                state.apply(event)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise JournalError(path, number, f"not a journal event ({_missing(exc)})") \
+                    from None
         return state
+
+
+def read_events(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, event) for each line of the journal at `path`; none if it is absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(path, None, f"cannot read it: {exc.strerror}") from None
+    lines = data.split(b"\n")
+    for index, raw in enumerate(lines, start=1):
+        last = index == len(lines)
+        if not raw.strip():
+            continue
+        try:
+            event = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            if last:
+                continue  # cut short by a crash, perhaps within a character
+            raise JournalError(path, index, "not UTF-8 text") from None
+        except ValueError as exc:
+            if last:
+                continue  # cut short by a crash: never complete, never relied on
+            raise JournalError(path, index, f"not JSON ({_json_problem(exc)})") from None
+        if not isinstance(event, dict):
+            raise JournalError(path, index, "not a journal event (expected a JSON object)")
+        yield index, event
+
+
+def open_for_append(path: Path) -> IO[str]:
+    """`path` opened for appending. A last line cut short by a crash is completed when it
+    is whole JSON, else cut off, so that the next line starts afresh."""
+    try:
+        with path.open("a+b") as handle:
+            _end_cleanly(handle)
+        return path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write the run journal {path}: {exc.strerror}") from None
+
+
+def _end_cleanly(handle: IO[bytes]) -> None:
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0:
+        return
+    handle.seek(max(0, size - MAX_TAIL))
+    tail = handle.read()
+    if tail.endswith(b"\n"):
+        return
+    start = tail.rfind(b"\n") + 1
+    try:
+        json.loads(tail[start:].decode("utf-8"))
+    except ValueError:
+        handle.truncate(size - (len(tail) - start))
+    else:
+        handle.write(b"\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _json_problem(exc: ValueError) -> str:
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
+def _missing(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}"
+    return "a field of the wrong type"
