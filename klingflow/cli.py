@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,6 +126,59 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+# ---- option values: refused with a usage error (exit 2) before anything runs -----------
+
+
+def _whole(low: int, high: int | None = None, *, note: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `high`)."""
+    expected = (f"a whole number from {low} to {high}" if high is not None
+                else f"a whole number of {low} or more") + note
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive(unit: str, *, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0 (or from 0, with `zero`)."""
+    expected = f"{unit} of 0 or more" if zero else f"{unit} above 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def _fault_rates(text: str) -> str:
+    """An argparse type: `KIND=RATE,...` as the simulator takes it (checked, kept as text)."""
+    from klingflow.sim.config import Faults
+
+    try:
+        Faults.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+JOBS = _whole(1)
+CREDITS = _whole(0)
+SECONDS = _positive("a number of seconds")
+SECONDS_OR_ZERO = _positive("a number of seconds", zero=True)
+FACTOR = _positive("a number")
+PORT = _whole(0, 65535, note=" (0: any free port)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="klingflow",
@@ -169,8 +223,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="run on the embedded simulator (no credits spent)")
     p.add_argument("--out", default="runs", metavar="DIR",
                    help="where run directories go: DIR/NAME/RUN-ID (default: runs)")
-    p.add_argument("--max-jobs", type=int, metavar="N", help="cap on tasks in flight in the run")
-    p.add_argument("--poll-interval", type=float, metavar="SECONDS",
+    p.add_argument("--max-jobs", type=JOBS, metavar="N", help="cap on tasks in flight in the run")
+    p.add_argument("--poll-interval", type=SECONDS, metavar="SECONDS",
                    help="the shortest wait between two polls of a task (default 5; 0.05 on "
                         "the simulator); polls come near each task's expected end")
     p.add_argument("--fail-fast", action="store_true",
@@ -181,13 +235,13 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="regenerate STEP and what depends on it, even if cached")
     p.add_argument("--force-all", action="store_true", help="regenerate every step")
-    p.add_argument("--budget", type=int, metavar="CREDITS",
+    p.add_argument("--budget", type=CREDITS, metavar="CREDITS",
                    help="refuse any submit that would take the run past this many credits")
     sim = p.add_argument_group("simulator options (with --sim)")
     sim.add_argument("--sim-seed", type=int, default=0, metavar="N")
-    sim.add_argument("--sim-faults", default="", metavar="KIND=RATE,...",
+    sim.add_argument("--sim-faults", type=_fault_rates, default="", metavar="KIND=RATE,...",
                      help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02")
-    sim.add_argument("--sim-speed", type=float, default=1.0, metavar="X",
+    sim.add_argument("--sim-speed", type=FACTOR, default=1.0, metavar="X",
                      help="make simulated tasks finish X times faster")
     p.set_defaults(func=_cmd_run)
 
@@ -197,18 +251,18 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     p = sim_sub.add_parser("serve", help="serve the simulator on 127.0.0.1")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=PORT, default=8765, help="default 8765; 0: any free port")
     p.add_argument("--token", default="test-token", help="the API token clients must send")
     p.add_argument("--account", action="append", default=[], metavar="EMAIL:MAX_JOBS",
                    help="a Kling account (repeatable); default one account")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
-    p.add_argument("--faults", default="", metavar="KIND=RATE,...",
+    p.add_argument("--faults", type=_fault_rates, default="", metavar="KIND=RATE,...",
                    help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02,slow=0.05,expire=0.05")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--speed", type=FACTOR, default=1.0,
                    help="time scale: 2 makes tasks finish twice as fast")
-    p.add_argument("--task-seconds", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--task-seconds", type=SECONDS, default=2.0, metavar="SECONDS",
                    help="how long a task takes at speed 1 (default 2)")
-    p.add_argument("--slow-seconds", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--slow-seconds", type=SECONDS_OR_ZERO, default=3.0, metavar="SECONDS",
                    help="delay of a 'slow' fault at speed 1 (default 3)")
     p.add_argument("--cheap-render", action="store_true",
                    help="serve one shared low-rate clip per duration (for benchmarks)")

@@ -1,0 +1,93 @@
+"""Bad option values are usage errors (exit 2), never a bug or a hang (issue 9, item
+12): every numeric option of every subcommand, and --sim-faults. Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from klingflow.cli import main
+from tests.runhelpers import frames_step, isolated, write_pipeline
+
+__all__ = ["isolated"]
+
+RUN_USAGE_ERROR = "klingflow run: error: argument {option}: {message}\n"
+SERVE_USAGE_ERROR = "klingflow sim serve: error: argument {option}: {message}\n"
+
+
+def _pipeline(folder: Path) -> Path:
+    return write_pipeline(folder, "options", [frames_step("one", "a quiet lake")])
+
+
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    return err.splitlines(keepends=True)[-1]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--max-jobs", "-1", "expected a whole number of 1 or more, got '-1'"),
+    ("--max-jobs", "0", "expected a whole number of 1 or more, got '0'"),
+    ("--max-jobs", "two", "expected a whole number of 1 or more, got 'two'"),
+    ("--poll-interval", "-1", "expected a number of seconds above 0, got '-1'"),
+    ("--poll-interval", "0", "expected a number of seconds above 0, got '0'"),
+    ("--poll-interval", "nan", "expected a number of seconds above 0, got 'nan'"),
+    ("--poll-interval", "inf", "expected a number of seconds above 0, got 'inf'"),
+    ("--budget", "-5", "expected a whole number of 0 or more, got '-5'"),
+    ("--budget", "1e3", "expected a whole number of 0 or more, got '1e3'"),
+    ("--sim-speed", "0", "expected a number above 0, got '0'"),
+    ("--sim-speed", "-1", "expected a number above 0, got '-1'"),
+    ("--sim-speed", "inf", "expected a number above 0, got 'inf'"),
+    ("--sim-speed", "nan", "expected a number above 0, got 'nan'"),
+    ("--sim-faults", "429=abc", "fault '429=abc': the rate must be a number from 0 to 1"),
+    ("--sim-faults", "429=2", "fault '429=2': the rate must be a number from 0 to 1"),
+    ("--sim-faults", "429=nan", "fault '429=nan': the rate must be a number from 0 to 1"),
+    ("--sim-faults", "foo=0.1", "fault 'foo=0.1': expected KIND=RATE with KIND one of 429, "
+                                "500, moderation, reset, slow, expire"),
+])
+def test_a_bad_run_option_is_a_usage_error_before_anything_runs(
+        isolated: Path, capsys: pytest.CaptureFixture[str], option: str, value: str,
+        message: str) -> None:
+    path = _pipeline(isolated / "p")
+    last = _usage_error(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                         f"{option}={value}"], capsys)
+    assert last == RUN_USAGE_ERROR.format(option=option, message=message)
+    assert not (isolated / "runs").exists()
+    assert not (isolated / "home").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--port", "99999", "expected a whole number from 0 to 65535 (0: any free port), "
+                        "got '99999'"),
+    ("--port", "-1", "expected a whole number from 0 to 65535 (0: any free port), got '-1'"),
+    ("--speed", "0", "expected a number above 0, got '0'"),
+    ("--speed", "nan", "expected a number above 0, got 'nan'"),
+    ("--task-seconds", "0", "expected a number of seconds above 0, got '0'"),
+    ("--task-seconds", "inf", "expected a number of seconds above 0, got 'inf'"),
+    ("--slow-seconds", "-1", "expected a number of seconds of 0 or more, got '-1'"),
+    ("--slow-seconds", "nan", "expected a number of seconds of 0 or more, got 'nan'"),
+    ("--faults", "500=x", "fault '500=x': the rate must be a number from 0 to 1"),
+])
+def test_a_bad_sim_serve_option_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                 option: str, value: str,
+                                                 message: str) -> None:
+    last = _usage_error(["sim", "serve", f"{option}={value}"], capsys)
+    assert last == SERVE_USAGE_ERROR.format(option=option, message=message)
+
+
+def test_sim_config_refuses_what_is_not_a_finite_number() -> None:
+    """The same checks for a program that builds the simulator's options itself."""
+    from klingflow.errors import UsageError
+    from klingflow.sim.config import config_from_cli
+
+    for name, options in (("--speed", {"speed": float("nan")}),
+                          ("--task-seconds", {"task_seconds": float("inf")})):
+        with pytest.raises(UsageError) as caught:
+            config_from_cli(token="t", accounts=[], seed=0, faults="",
+                            **{"speed": 1.0, **options})  # type: ignore[arg-type]
+        assert str(caught.value).startswith(f"{name} must be above 0, got ")
