@@ -35,10 +35,17 @@ def open_run_dir(runs_root: Path, pipeline_name: str,
             return latest, Journal.replay(latest / "journal.jsonl")
     elif resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / "journal.jsonl").exists():
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UsageError(f"--resume {resume}: a file, not a run directory (expected "
+                             "RUN_DIR, the folder that holds journal.jsonl)")
+        if not (run_dir / "journal.jsonl").is_file():
             raise UsageError(f"--resume {resume}: no run journal there "
                              "(expected RUN_DIR/journal.jsonl)")
         return run_dir, Journal.replay(run_dir / "journal.jsonl")
     run_dir = runs_root / pipeline_name / new_run_id()
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"--out {runs_root}: cannot make the run directory {run_dir}: "
+                         f"{exc.strerror}") from None
     return run_dir, JournalState()

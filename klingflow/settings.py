@@ -20,6 +20,7 @@ from klingflow.policy import PollPolicy
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 TOKEN_VARIABLE = "USEAPI_TOKEN"
 API_BASE_VARIABLE = "KLINGFLOW_API_BASE"
+HOME_VARIABLE = "KLINGFLOW_HOME"
 SIM_BACKOFF = 0.2
 REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
@@ -95,6 +96,15 @@ def check_api_base(raw: str, *, source: str = API_BASE_VARIABLE) -> str:
     return url
 
 
+def check_home(raw: str, *, source: str = HOME_VARIABLE) -> Path:
+    """The cache's home directory; it may not exist yet, but must not be a file."""
+    home = Path(raw)
+    if home.exists() and not home.is_dir():
+        raise UsageError(f"{source}: {home} is a file, not a directory; point {source} at "
+                         "a directory (it is created when missing)")
+    return home
+
+
 @dataclass(frozen=True, slots=True)
 class SimOptions:
     """The embedded simulator's options (`--sim`)."""
@@ -132,13 +142,13 @@ class Settings:
     def from_environment(cls, environ: Mapping[str, str] | None = None, *,
                          sim: SimOptions | None = None,
                          run: RunFlags | None = None) -> Settings:
-        """Raises UsageError (exit 2) for a token or base URL that cannot work."""
+        """Raises UsageError (exit 2) for a token, base URL or home that cannot work."""
         env = os.environ if environ is None else environ
-        home = env.get("KLINGFLOW_HOME")
+        home = env.get(HOME_VARIABLE)
         base = env.get(API_BASE_VARIABLE, "").strip()
         return cls(token=parse_token(env.get(TOKEN_VARIABLE, "")),
                    base_url=check_api_base(base) if base else DEFAULT_API_BASE,
-                   home=Path(home) if home else None, sim=sim, run=run or RunFlags())
+                   home=check_home(home) if home else None, sim=sim, run=run or RunFlags())
 
     @property
     def backend(self) -> str:

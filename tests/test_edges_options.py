@@ -1,5 +1,6 @@
-"""Bad option values are usage errors (exit 2), never a bug or a hang (issue 9, item
-12): every numeric option of every subcommand, and --sim-faults. Nothing is left behind.
+"""Bad option values and unusable paths are usage errors (exit 2), never a bug or a
+hang (issue 9, item 12): every numeric option of every subcommand, --sim-faults, an
+--out, cache, --resume or KLINGFLOW_HOME that cannot be used. Nothing is left behind.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from klingflow.cli import main
-from tests.runhelpers import frames_step, isolated, write_pipeline
+from tests.runhelpers import frames_step, isolated, run_cli, write_pipeline
 
 __all__ = ["isolated"]
 
@@ -91,3 +92,50 @@ def test_sim_config_refuses_what_is_not_a_finite_number() -> None:
             config_from_cli(token="t", accounts=[], seed=0, faults="",
                             **{"speed": 1.0, **options})  # type: ignore[arg-type]
         assert str(caught.value).startswith(f"{name} must be above 0, got ")
+
+
+def test_an_out_that_cannot_hold_directories_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    (isolated / "a-file").write_text("not a folder")
+    code, out, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "a-file")],
+                             capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"klingflow: --out {isolated / 'a-file'}: cannot make the run "
+                          f"directory {isolated / 'a-file' / 'options'}/")
+    assert err.endswith(": Not a directory\n")
+
+
+def test_a_klingflow_home_that_is_a_file_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    home = isolated / "home-file"
+    home.write_text("not a folder")
+    monkeypatch.setenv("KLINGFLOW_HOME", str(home))
+    path = _pipeline(isolated / "p")
+    for argv in (["run", str(path), "--sim"], ["plan", str(path)], ["lock", str(path)]):
+        code, out, err = run_cli(argv, capsys)
+        assert (code, out) == (2, ""), argv
+        assert err == (f"klingflow: KLINGFLOW_HOME: {home} is a file, not a directory; point "
+                       "KLINGFLOW_HOME at a directory (it is created when missing)\n")
+    assert not (isolated / "runs").exists()
+
+
+def test_resume_of_a_file_is_a_usage_error(isolated: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    code, out, err = run_cli(["run", str(path), "--sim", "--resume", str(path)], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"klingflow: --resume {path}: a file, not a run directory (expected "
+                   "RUN_DIR, the folder that holds journal.jsonl)\n")
+
+
+def test_a_pipeline_path_that_is_a_directory_is_a_located_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = isolated / "p"
+    _pipeline(folder)
+    for command in ("validate", "plan", "run"):
+        code, out, err = run_cli([command, str(folder)], capsys)
+        assert (code, out) == (2, ""), command
+        assert err == f"{folder}:1:1: <document>: cannot read the file: Is a directory\n" \
+                      "1 problem found\n"
