@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -50,8 +51,21 @@ def run_pipeline(plan: Plan, settings: Settings, *,
 
 async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) -> RunReport:
     async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
-        cache = Cache(settings.cache_root(plan.pipeline.path))
+        cache = open_cache(settings, plan.pipeline)
         return await run(plan, settings, http=http, cache=cache, on_event=on_event)
+
+
+def open_cache(settings: Settings, pipeline: Pipeline) -> Cache:
+    """The pipeline's cache; UsageError (exit 2) when its folder cannot be made."""
+    root = settings.cache_root(pipeline.path)
+    hint = "set KLINGFLOW_HOME to a directory you can write to"
+    try:
+        cache = Cache(root)
+    except OSError as exc:
+        raise UsageError(f"cache {root}: cannot use it: {exc.strerror}; {hint}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UsageError(f"cache {root}: cannot use it: permission denied; {hint}")
+    return cache
 
 
 async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache: Cache,
@@ -176,7 +190,7 @@ def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, in
     pipeline = load_pipeline(pipeline_path)
     plan = build_plan(pipeline)
     found = verdicts(pipeline, [s.step for s in plan.steps],
-                     Cache(settings.cache_root(pipeline.path)), settings.backend,
+                     open_cache(settings, pipeline), settings.backend,
                      locked_keys={})
     entries = {sid: entry_for(plan, sid, key=v.entry.key, task_id=v.entry.task_id,
                               account=v.entry.account, credits=v.entry.credits,
@@ -195,7 +209,7 @@ def plan_with_verdicts(pipeline: Pipeline, settings: Settings, *, force: list[st
     lock = read_lock(lock_path(pipeline.path))
     backend = settings.backend if settings.sim is not None else lock.backend or settings.backend
     found = verdicts(pipeline, [s.step for s in plan.steps],
-                     Cache(settings.cache_root(pipeline.path)), backend,
+                     open_cache(settings, pipeline), backend,
                      locked_keys={sid: e.key for sid, e in lock.steps.items()},
                      forced=frozenset(forced_steps(pipeline, force, force_all)))
     return with_verdicts(plan, pipeline, {sid: (v.verdict, v.reason) for sid, v in found.items()})

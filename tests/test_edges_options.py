@@ -121,6 +121,23 @@ def test_a_klingflow_home_that_is_a_file_is_a_usage_error(
     assert not (isolated / "runs").exists()
 
 
+def test_a_cache_that_cannot_be_made_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "a-file").write_text("not a folder")
+    home = isolated / "a-file" / "cache"
+    monkeypatch.setenv("KLINGFLOW_HOME", str(home))
+    monkeypatch.setenv("USEAPI_TOKEN", "user:1-fake-token")
+    monkeypatch.setenv("KLINGFLOW_API_BASE", "http://127.0.0.1:9/v1/kling")
+    path = _pipeline(isolated / "p")
+    for argv in (["run", str(path)], ["plan", str(path)]):
+        code, out, err = run_cli(argv, capsys)
+        assert (code, out) == (2, ""), argv
+        assert err == (f"klingflow: cache {home}: cannot use it: Not a directory; set "
+                       "KLINGFLOW_HOME to a directory you can write to\n")
+    assert not (isolated / "runs").exists()
+
+
 def test_resume_of_a_file_is_a_usage_error(isolated: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     path = _pipeline(isolated / "p")
