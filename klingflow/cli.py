@@ -11,17 +11,20 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from klingflow import __version__
 from klingflow.errors import (
     EXIT_BUG,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
     KlingflowError,
     PipelineError,
 )
-from klingflow.schema_files import SCHEMA_NAMES
-from klingflow.settings import RunFlags, Settings, SimOptions
+
+if TYPE_CHECKING:  # imported when used, inside main(), where Ctrl-C is handled
+    from klingflow.settings import Settings
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -102,6 +105,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """The settings of this command, from its arguments and the environment."""
+    from klingflow.settings import RunFlags, Settings, SimOptions
+
     sim = SimOptions(seed=getattr(args, "sim_seed", 0), faults=getattr(args, "sim_faults", ""),
                      speed=getattr(args, "sim_speed", 1.0)) if args.sim else None
     run = RunFlags(out=Path(args.out), max_jobs=args.max_jobs,
@@ -180,6 +185,8 @@ PORT = _whole(0, 65535, note=" (0: any free port)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    from klingflow.schema_files import SCHEMA_NAMES
+
     parser = argparse.ArgumentParser(
         prog="klingflow",
         description="Run version-controlled YAML pipelines of Kling video generations.")
@@ -273,24 +280,59 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    args: argparse.Namespace | None = None
     try:
+        args = _build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except PipelineError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(_count(len(exc.problems), "problem"), "found", file=sys.stderr)
-        return exc.exit_code
-    except KlingflowError as exc:
-        print(f"klingflow: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception:
-        if args.traceback:
-            raise
-        import traceback
+    except SystemExit:
+        raise  # argparse's usage errors (exit 2), --help and --version
+    except BaseException as exc:  # Ctrl-C too: every ending is one clear line
+        return _failure(exc, show_traceback=bool(args is not None and args.traceback))
 
-        last = traceback.format_exc().strip().splitlines()[-1]
-        print(f"klingflow: unexpected error (a bug): {last}\n"
-              "Run again with --traceback to see where.", file=sys.stderr)
-        return EXIT_BUG
+
+def _failure(exc: BaseException, *, show_traceback: bool) -> int:
+    """Say how a command ended that did not return: Ctrl-C (130), a KlingflowError (its
+    message and exit code, even from inside a task group), or a bug (3)."""
+    error = _primary(exc)
+    if isinstance(error, KeyboardInterrupt):
+        print("klingflow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, PipelineError):
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(_count(len(error.problems), "problem"), "found", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, KlingflowError):
+        print(f"klingflow: {error}", file=sys.stderr)
+        return error.exit_code
+    if show_traceback:
+        raise exc
+    print(f"klingflow: unexpected error (a bug): {_one_line(error)}\n"
+          "Run again with --traceback to see where.", file=sys.stderr)
+    return EXIT_BUG
+
+
+def _primary(exc: BaseException) -> BaseException:
+    """The error to report from `exc`, exception groups unwrapped: Ctrl-C first, then a
+    bug, then a KlingflowError (a bug is not hidden behind the errors it caused)."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    bugs = [leaf for leaf in leaves if not isinstance(leaf, KlingflowError)]
+    return (bugs or leaves)[0]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: message`, the message's first line only."""
+    import traceback
+
+    lines = traceback.format_exception_only(type(error), error)[0].strip().splitlines()
+    return lines[0] if lines else type(error).__name__
