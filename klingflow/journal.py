@@ -61,20 +61,45 @@ class JournalState:
 
 
 class Journal:
-    """An append-only JSON-lines log; every line is on disk before `write` returns."""
+    """An append-only JSON-lines log; every line is on disk before `write` returns.
 
-    def __init__(self, path: Path) -> None:
+    The file is made by the first line written, preceded by `header`: a run that
+    records nothing leaves no journal.
+    """
+
+    def __init__(self, path: Path, *, header: Mapping[str, Any] | None = None) -> None:
         self.path = path
-        self._handle = open_for_append(path)
+        self._header = header
+        self._handle: IO[str] | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether this journal has written its first line."""
+        return self._handle is not None
 
     def write(self, event: Mapping[str, Any]) -> None:
+        if self._handle is None:
+            self.start()
+        self._append(event)
+
+    def start(self) -> None:
+        """Open the file and write the header, if not done yet."""
+        if self._handle is not None:
+            return
+        self._handle = open_for_append(self.path)
+        if self._header is not None:
+            self._append(self._header)
+
+    def _append(self, event: Mapping[str, Any]) -> None:
+        assert self._handle is not None
         line = json.dumps({**event, "time": round(time.time(), 3)}, sort_keys=True)
         self._handle.write(line + "\n")
         self._handle.flush()
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     @staticmethod
     def replay(path: Path) -> JournalState:

@@ -109,3 +109,15 @@ def test_a_whole_last_line_without_its_newline_is_kept(tmp_path: Path) -> None:
     events = [json.loads(line) for line in path.read_bytes().splitlines()]
     assert [e.get("sha256") for e in events] == [None, "ab", "cd"]
     assert Journal.replay(path).uploads == {"ab": "http://sim/a.png", "cd": "http://sim/b.png"}
+
+
+def test_a_journal_makes_its_file_with_its_first_line_only(tmp_path: Path) -> None:
+    path = tmp_path / "journal.jsonl"
+    journal = Journal(path, header={"event": "run", "pipeline": "p", "backend": "sim"})
+    journal.close()
+    assert not path.exists() and not journal.started
+    journal = Journal(path, header={"event": "run", "pipeline": "p", "backend": "sim"})
+    journal.write({"event": "uploaded", "sha256": "ab", "url": "u"})
+    journal.close()
+    assert [json.loads(line)["event"] for line in path.read_text().splitlines()] == [
+        "run", "uploaded"]
