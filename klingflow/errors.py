@@ -40,6 +40,12 @@ class JournalError(KlingflowError):
                              f"or delete line {line}, then resume again")
 
 
+class Interrupted(KlingflowError):
+    """Ctrl-C (or SIGTERM) before anything was recorded: there is nothing to resume."""
+
+    exit_code = EXIT_INTERRUPTED
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Problem:
     """One located problem in a pipeline file: `FILE:LINE:COL: PATH: MESSAGE`.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -49,3 +51,11 @@ def open_run_dir(runs_root: Path, pipeline_name: str,
         raise UsageError(f"--out {runs_root}: cannot make the run directory {run_dir}: "
                          f"{exc.strerror}") from None
     return run_dir, JournalState()
+
+
+def discard_run_dir(run_dir: Path) -> None:
+    """Remove a new run directory whose journal has no line: nothing in it (at most
+    outputs copied from the cache) is needed to resume, so a failed start leaves none."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # RUNS/NAME too, when it holds no other run
+        run_dir.parent.rmdir()

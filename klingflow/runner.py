@@ -21,13 +21,13 @@ import httpx
 
 from klingflow.cache import Cache
 from klingflow.client import POOL_LIMITS, KlingClient
-from klingflow.errors import UsageError
+from klingflow.errors import Interrupted, UsageError
 from klingflow.journal import Journal
 from klingflow.lockfile import entry_for, lock_path, read_lock, write_lock
 from klingflow.plan import Plan, build_plan, with_verdicts
 from klingflow.report import RunReport, RunStatus, write_report
 from klingflow.run import Event, Executor, RunOptions, StepResult
-from klingflow.rundir import open_run_dir
+from klingflow.rundir import discard_run_dir, open_run_dir
 from klingflow.settings import ApiToken, Settings
 from klingflow.spec import load_pipeline
 from klingflow.spec.pipeline import Pipeline
@@ -72,20 +72,27 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
               on_event: OnEvent = lambda event: None) -> RunReport:
     """Run `plan` into a new run directory (or the one `settings.run.resume` names)."""
     pipeline = plan.pipeline
+    options = _options(settings, pipeline)  # a bad option is said before a run directory
     run_dir, prior = open_run_dir(settings.run.out, pipeline.name, settings.run.resume)
-    journal = Journal(run_dir / "journal.jsonl")
-    journal.write({"event": "run", "pipeline": pipeline.name, "backend": settings.backend})
+    new = not (run_dir / "journal.jsonl").exists()
+    journal = Journal(run_dir / "journal.jsonl", header={
+        "event": "run", "pipeline": pipeline.name, "backend": settings.backend})
     started = time.time()
     executor = Executor(
         pipeline=pipeline, plan=plan,
         client=KlingClient(http, token=settings.token.reveal() if settings.token else "",
                            base_url=settings.base_url),
-        run_dir=run_dir, journal=journal, cache=cache, options=_options(settings, pipeline),
+        run_dir=run_dir, journal=journal, cache=cache, options=options,
         prior=prior, on_event=on_event)
     try:
         interrupted = await _run_until_interrupted(executor)
+        if new and not journal.started:
+            _raise_failed_start(executor, interrupted)
+            journal.start()
     finally:
         journal.close()
+        if new and not journal.started:
+            discard_run_dir(run_dir)
     status, error = _run_status(executor, interrupted)
     report = RunReport(pipeline=pipeline, run_id=run_dir.name, run_dir=run_dir,
                        backend=settings.backend, status=status, error=error,
@@ -174,6 +181,16 @@ async def _run_until_interrupted(executor: Executor) -> bool:
         await executor.run()
         group.cancel_scope.cancel()
     return interrupted
+
+
+def _raise_failed_start(executor: Executor, interrupted: bool) -> None:
+    """A new run that stopped before its first journal line (a refused token, Ctrl-C)
+    ends as the error that stopped it, and leaves no run directory: it recorded nothing
+    a resume would need."""
+    if executor.aborted is not None:
+        raise executor.aborted
+    if interrupted:
+        raise Interrupted("interrupted before the run recorded anything: nothing to resume")
 
 
 def _run_status(executor: Executor, interrupted: bool) -> tuple[RunStatus, str | None]:

@@ -1,5 +1,6 @@
 """How a command that does not return ends: one clear line, the right exit code, even
-when the error comes out of a task group (issue 9, item 12).
+when the error comes out of a task group (issue 9, item 12), and no failed start
+leaves a run directory (polish).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 from klingflow import media
 from klingflow.cli import main
 from klingflow.errors import UsageError
-from tests.runhelpers import frames_step, isolated, run_cli, write_pipeline
+from tests.runhelpers import frames_step, isolated, only_run_dir, run_cli, write_pipeline
 
 __all__ = ["isolated"]
 
@@ -78,3 +79,26 @@ def test_ctrl_c_inside_the_task_groups_exits_130_with_one_line(
     assert code == 130
     assert err.endswith("\nklingflow: interrupted\n")
     assert "Traceback" not in err
+
+
+def test_a_bad_force_leaves_no_run_directory(isolated: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    code, out, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                              "--force", "nosuch", *FAST], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"klingflow: --force nosuch: no such step in {path}\n"
+    assert not (isolated / "runs" / "errors").exists()
+
+
+def test_a_run_that_recorded_something_keeps_its_directory(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task was paid for before the error: its run directory (and journal) stay."""
+    _failing_frames(monkeypatch, UsageError("the frames folder went away"))
+    path = _pipeline(isolated / "p")
+    code, _, _ = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                          *FAST], capsys)
+    assert code == 2
+    journal = only_run_dir(isolated / "runs", "errors") / "journal.jsonl"
+    assert '"event": "submitted"' in journal.read_text(encoding="utf-8")
