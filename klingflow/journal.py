@@ -156,12 +156,10 @@ def open_for_append(path: Path) -> IO[str]:
 
 def _end_cleanly(handle: IO[bytes]) -> None:
     size = handle.seek(0, os.SEEK_END)
-    if size == 0:
+    if size == 0 or _last_byte(handle, size) == b"\n":
         return
     handle.seek(max(0, size - MAX_TAIL))
     tail = handle.read()
-    if tail.endswith(b"\n"):
-        return
     start = tail.rfind(b"\n") + 1
     try:
         json.loads(tail[start:].decode("utf-8"))
@@ -171,6 +169,11 @@ def _end_cleanly(handle: IO[bytes]) -> None:
         handle.write(b"\n")
     handle.flush()
     os.fsync(handle.fileno())
+
+
+def _last_byte(handle: IO[bytes], size: int) -> bytes:
+    handle.seek(size - 1)
+    return handle.read(1)
 
 
 def _json_problem(exc: ValueError) -> str:
