@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import TYPE_CHECKING
 from klingflow import __version__
 from klingflow.errors import (
     EXIT_BUG,
+    EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
     KlingflowError,
     PipelineError,
 )
-from klingflow.schema_files import SCHEMA_NAMES
-from klingflow.settings import RunFlags, Settings, SimOptions
+
+if TYPE_CHECKING:  # imported when used, inside main(), where Ctrl-C is handled
+    from klingflow.settings import Settings
 
 if TYPE_CHECKING:
     from klingflow.catalogue import KeptCatalogues
@@ -141,6 +144,8 @@ def _cmd_lock(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace) -> Settings:
     """The settings of this command, from its arguments and the environment."""
+    from klingflow.settings import RunFlags, Settings, SimOptions
+
     sim = SimOptions(seed=getattr(args, "sim_seed", 0), faults=getattr(args, "sim_faults", ""),
                      speed=getattr(args, "sim_speed", 1.0)) if args.sim else None
     run = RunFlags(out=Path(args.out), max_jobs=args.max_jobs,
@@ -199,7 +204,62 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+# ---- option values: refused with a usage error (exit 2) before anything runs -----------
+
+
+def _whole(low: int, high: int | None = None, *, note: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` (to `high`)."""
+    expected = (f"a whole number from {low} to {high}" if high is not None
+                else f"a whole number of {low} or more") + note
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive(unit: str, *, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0 (or from 0, with `zero`)."""
+    expected = f"{unit} of 0 or more" if zero else f"{unit} above 0"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return parse
+
+
+def _fault_rates(text: str) -> str:
+    """An argparse type: `KIND=RATE,...` as the simulator takes it (checked, kept as text)."""
+    from klingflow.sim.config import Faults
+
+    try:
+        Faults.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+JOBS = _whole(1)
+CREDITS = _whole(0)
+SECONDS = _positive("a number of seconds")
+SECONDS_OR_ZERO = _positive("a number of seconds", zero=True)
+FACTOR = _positive("a number")
+PORT = _whole(0, 65535, note=" (0: any free port)")
+
+
 def _build_parser() -> argparse.ArgumentParser:
+    from klingflow.schema_files import SCHEMA_NAMES
+
     parser = argparse.ArgumentParser(
         prog="klingflow",
         description="Run version-controlled YAML pipelines of Kling video generations.")
@@ -256,8 +316,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="run on the embedded simulator (no credits spent)")
     p.add_argument("--out", default="runs", metavar="DIR",
                    help="where run directories go: DIR/NAME/RUN-ID (default: runs)")
-    p.add_argument("--max-jobs", type=int, metavar="N", help="cap on tasks in flight in the run")
-    p.add_argument("--poll-interval", type=float, metavar="SECONDS",
+    p.add_argument("--max-jobs", type=JOBS, metavar="N", help="cap on tasks in flight in the run")
+    p.add_argument("--poll-interval", type=SECONDS, metavar="SECONDS",
                    help="the shortest wait between two polls of a task (default 5; 0.05 on "
                         "the simulator); polls come near each task's expected end")
     p.add_argument("--fail-fast", action="store_true",
@@ -268,16 +328,16 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="regenerate STEP and what depends on it, even if cached")
     p.add_argument("--force-all", action="store_true", help="regenerate every step")
-    p.add_argument("--connect-timeout", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--connect-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
                    help="how long to keep trying to reach the service before giving up, "
                         "at the start of the run (default 60)")
-    p.add_argument("--budget", type=int, metavar="CREDITS",
+    p.add_argument("--budget", type=CREDITS, metavar="CREDITS",
                    help="refuse any submit that would take the run past this many credits")
     sim = p.add_argument_group("simulator options (with --sim)")
     sim.add_argument("--sim-seed", type=int, default=0, metavar="N")
-    sim.add_argument("--sim-faults", default="", metavar="KIND=RATE,...",
+    sim.add_argument("--sim-faults", type=_fault_rates, default="", metavar="KIND=RATE,...",
                      help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02")
-    sim.add_argument("--sim-speed", type=float, default=1.0, metavar="X",
+    sim.add_argument("--sim-speed", type=FACTOR, default=1.0, metavar="X",
                      help="make simulated tasks finish X times faster")
     _add_remote_options(p)
     p.set_defaults(func=_cmd_run)
@@ -306,18 +366,18 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sim_sub = sim.add_subparsers(dest="sim_command", required=True, metavar="SIM_COMMAND")
     p = sim_sub.add_parser("serve", help="serve the simulator on 127.0.0.1")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--port", type=PORT, default=8765, help="default 8765; 0: any free port")
     p.add_argument("--token", default="test-token", help="the API token clients must send")
     p.add_argument("--account", action="append", default=[], metavar="EMAIL:MAX_JOBS",
                    help="a Kling account (repeatable); default one account")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault injection")
-    p.add_argument("--faults", default="", metavar="KIND=RATE,...",
+    p.add_argument("--faults", type=_fault_rates, default="", metavar="KIND=RATE,...",
                    help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02,slow=0.05,expire=0.05")
-    p.add_argument("--speed", type=float, default=1.0,
+    p.add_argument("--speed", type=FACTOR, default=1.0,
                    help="time scale: 2 makes tasks finish twice as fast")
-    p.add_argument("--task-seconds", type=float, default=2.0, metavar="SECONDS",
+    p.add_argument("--task-seconds", type=SECONDS, default=2.0, metavar="SECONDS",
                    help="how long a task takes at speed 1 (default 2)")
-    p.add_argument("--slow-seconds", type=float, default=3.0, metavar="SECONDS",
+    p.add_argument("--slow-seconds", type=SECONDS_OR_ZERO, default=3.0, metavar="SECONDS",
                    help="delay of a 'slow' fault at speed 1 (default 3)")
     p.add_argument("--cheap-render", action="store_true",
                    help="serve one shared low-rate clip per duration (for benchmarks)")
@@ -328,24 +388,59 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
+    args: argparse.Namespace | None = None
     try:
+        args = _build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
-    except PipelineError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(_count(len(exc.problems), "problem"), "found", file=sys.stderr)
-        return exc.exit_code
-    except KlingflowError as exc:
-        print(f"klingflow: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Exception:
-        if args.traceback:
-            raise
-        import traceback
+    except SystemExit:
+        raise  # argparse's usage errors (exit 2), --help and --version
+    except BaseException as exc:  # Ctrl-C too: every ending is one clear line
+        return _failure(exc, show_traceback=bool(args is not None and args.traceback))
 
-        last = traceback.format_exc().strip().splitlines()[-1]
-        print(f"klingflow: unexpected error (a bug): {last}\n"
-              "Run again with --traceback to see where.", file=sys.stderr)
-        return EXIT_BUG
+
+def _failure(exc: BaseException, *, show_traceback: bool) -> int:
+    """Say how a command ended that did not return: Ctrl-C (130), a KlingflowError (its
+    message and exit code, even from inside a task group), or a bug (3)."""
+    error = _primary(exc)
+    if isinstance(error, KeyboardInterrupt):
+        print("klingflow: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if isinstance(error, PipelineError):
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        print(_count(len(error.problems), "problem"), "found", file=sys.stderr)
+        return error.exit_code
+    if isinstance(error, KlingflowError):
+        print(f"klingflow: {error}", file=sys.stderr)
+        return error.exit_code
+    if show_traceback:
+        raise exc
+    print(f"klingflow: unexpected error (a bug): {_one_line(error)}\n"
+          "Run again with --traceback to see where.", file=sys.stderr)
+    return EXIT_BUG
+
+
+def _primary(exc: BaseException) -> BaseException:
+    """The error to report from `exc`, exception groups unwrapped: Ctrl-C first, then a
+    bug, then a KlingflowError (a bug is not hidden behind the errors it caused)."""
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt):
+            return leaf
+    bugs = [leaf for leaf in leaves if not isinstance(leaf, KlingflowError)]
+    return (bugs or leaves)[0]
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _one_line(error: BaseException) -> str:
+    """`Type: message`, the message's first line only."""
+    import traceback
+
+    lines = traceback.format_exception_only(type(error), error)[0].strip().splitlines()
+    return lines[0] if lines else type(error).__name__

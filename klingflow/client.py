@@ -27,6 +27,7 @@ from klingflow.errors import (
     NotFoundError,
     PaymentRequiredError,
     RateLimitedError,
+    RequestNotSentError,
     ServerError,
     TransportError,
     UnauthorizedError,
@@ -182,9 +183,13 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _redact(url: httpx.URL) -> str:
-    """The URL without its query (signed media URLs carry credentials of their own)."""
-    return str(url.copy_with(query=None))
+def _redact(url: httpx.URL | str) -> str:
+    """The URL without user name, password, query or fragment: signed media URLs carry
+    credentials in their query, and no message may show a password."""
+    try:
+        return str(httpx.URL(url).copy_with(userinfo=b"", query=None, fragment=None))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "(an address that is not a valid URL)"
 
 
 class KlingClient:
@@ -279,8 +284,8 @@ class KlingClient:
                 with part.open("wb") as out:
                     async for chunk in response.aiter_bytes():
                         out.write(chunk)
-        except httpx.HTTPError as exc:
-            raise TransportError(_describe(exc), method="GET", url=_redact(httpx.URL(url))) from exc
+        except (httpx.HTTPError, httpx.InvalidURL, UnicodeEncodeError) as exc:
+            raise _not_answered(exc, "GET", url) from _shown_cause(exc)
         part.replace(dest)
 
     # ---- plumbing ----------------------------------------------------------
@@ -299,8 +304,8 @@ class KlingClient:
             async with self._calls:
                 response = await self._http.request(method, url, headers=headers,
                                                     timeout=DEFAULT_TIMEOUT, **kwargs)
-        except httpx.HTTPError as exc:
-            raise TransportError(_describe(exc), method=method, url=url) from exc
+        except (httpx.HTTPError, UnicodeEncodeError) as exc:
+            raise _not_answered(exc, method, url) from _shown_cause(exc)
         if response.is_success:
             return response
         raise classify(response)
@@ -310,7 +315,30 @@ def _email(email: str | None) -> dict[str, str]:
     return {"email": email} if email else {}
 
 
-def _describe(exc: httpx.HTTPError) -> str:
+HEADER_REFUSED = ("a request header holds a character that HTTP does not allow (the header "
+                  "is not shown); check USEAPI_TOKEN")
+
+
+def _not_answered(exc: Exception, method: str, url: str) -> ApiError:
+    """The error of a request that got no response. One that could not even be sent
+    because of a header is said so without the header: h11 quotes the value (the
+    token) in its message, httpx the character it cannot encode."""
+    if _quotes_a_header(exc):
+        return RequestNotSentError(HEADER_REFUSED, method=method, url=_redact(url))
+    return TransportError(_describe(exc), method=method, url=_redact(url))
+
+
+def _quotes_a_header(exc: Exception) -> bool:
+    return isinstance(exc, UnicodeEncodeError) or (
+        isinstance(exc, httpx.LocalProtocolError) and "header" in str(exc).lower())
+
+
+def _shown_cause(exc: Exception) -> Exception | None:
+    """What a traceback may show as the cause: never an error that quotes a header."""
+    return None if _quotes_a_header(exc) else exc
+
+
+def _describe(exc: Exception) -> str:
     kind = type(exc).__name__
     text = str(exc)
     return f"{kind}: {text}" if text else kind

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_STEP_FAILED = 1
@@ -25,6 +26,24 @@ class KlingflowError(Exception):
 
 class UsageError(KlingflowError):
     """Bad command-line use or environment (no token, unknown run directory...)."""
+
+
+class JournalError(KlingflowError):
+    """A run journal that cannot be read back; names the file and the line."""
+
+    def __init__(self, path: Path, line: int | None, problem: str) -> None:
+        self.path, self.line, self.problem = path, line, problem
+        if line is None:
+            super().__init__(f"{path}: {problem}")
+        else:
+            super().__init__(f"{path}:{line}: {problem}; the run journal is damaged: repair "
+                             f"or delete line {line}, then resume again")
+
+
+class Interrupted(KlingflowError):
+    """Ctrl-C (or SIGTERM) before anything was recorded: there is nothing to resume."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -143,6 +162,11 @@ class TransportError(ApiError):
         self.retryable = True
 
 
+class RequestNotSentError(ApiError):
+    """A request that could not be sent as built (a header HTTP does not allow): nothing
+    reached the service, and sending it again cannot help."""
+
+
 _CATEGORIES: dict[type, str] = {
     BadRequestError: "bad_request",
     UnauthorizedError: "unauthorized",
@@ -152,6 +176,7 @@ _CATEGORIES: dict[type, str] = {
     ModerationError: "moderation",
     ServerError: "server_error",
     TransportError: "transport",
+    RequestNotSentError: "request_not_sent",
 }
 
 

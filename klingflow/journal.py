@@ -6,14 +6,17 @@ so a crash at any moment leaves enough to re-attach to every task that was paid 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from klingflow.errors import JournalError, UsageError
+
+MAX_TAIL = 1 << 20  # a journal line is far shorter than this
 
 
 @dataclass(slots=True)
@@ -89,14 +92,40 @@ class JournalState:
 
 
 class Journal:
-    """An append-only JSON-lines log; every line is on disk before `write` returns."""
+    """An append-only JSON-lines log; every line is on disk before `write` returns.
 
-    def __init__(self, path: Path, *, invocation: str = "") -> None:
+    The file is made by the first line written, preceded by `header`: a run that
+    records nothing leaves no journal. Every line is stamped with `invocation`: which
+    `klingflow run` wrote it.
+    """
+
+    def __init__(self, path: Path, *, header: Mapping[str, Any] | None = None,
+                 invocation: str = "") -> None:
         self.path = path
-        self.invocation = invocation  # stamped on every line: which `klingflow run` wrote it
-        self._handle = path.open("a", encoding="utf-8")
+        self.invocation = invocation
+        self._header = header
+        self._handle: IO[str] | None = None
+
+    @property
+    def started(self) -> bool:
+        """Whether this journal has written its first line."""
+        return self._handle is not None
 
     def write(self, event: Mapping[str, Any]) -> None:
+        if self._handle is None:
+            self.start()
+        self._append(event)
+
+    def start(self) -> None:
+        """Open the file and write the header, if not done yet."""
+        if self._handle is not None:
+            return
+        self._handle = open_for_append(self.path)
+        if self._header is not None:
+            self._append(self._header)
+
+    def _append(self, event: Mapping[str, Any]) -> None:
+        assert self._handle is not None
         stamp = {"invocation": self.invocation} if self.invocation else {}
         line = json.dumps({**event, **stamp, "time": round(time.time(), 3)}, sort_keys=True)
         self._handle.write(line + "\n")
@@ -104,14 +133,89 @@ class Journal:
         os.fsync(self._handle.fileno())
 
     def close(self) -> None:
-        self._handle.close()
+        if self._handle is not None:
+            self._handle.close()
 
     @staticmethod
     def replay(path: Path) -> JournalState:
+        """What the journal at `path` says. A last line cut short by a crash is ignored;
+        any other line that is not a journal event is a JournalError naming it."""
         state = JournalState()
-        if not path.exists():
-            return state
-        for line in path.read_text(encoding="utf-8").splitlines():
-            with contextlib.suppress(ValueError):  # a line cut short by a crash
-                state.apply(json.loads(line))
+        for number, event in read_events(path):
+            try:
+                state.apply(event)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise JournalError(path, number, f"not a journal event ({_missing(exc)})") \
+                    from None
         return state
+
+
+def read_events(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, event) for each line of the journal at `path`; none if it is absent."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(path, None, f"cannot read it: {exc.strerror}") from None
+    lines = data.split(b"\n")
+    for index, raw in enumerate(lines, start=1):
+        last = index == len(lines)
+        if not raw.strip():
+            continue
+        try:
+            event = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            if last:
+                continue  # cut short by a crash, perhaps within a character
+            raise JournalError(path, index, "not UTF-8 text") from None
+        except ValueError as exc:
+            if last:
+                continue  # cut short by a crash: never complete, never relied on
+            raise JournalError(path, index, f"not JSON ({_json_problem(exc)})") from None
+        if not isinstance(event, dict):
+            raise JournalError(path, index, "not a journal event (expected a JSON object)")
+        yield index, event
+
+
+def open_for_append(path: Path) -> IO[str]:
+    """`path` opened for appending. A last line cut short by a crash is completed when it
+    is whole JSON, else cut off, so that the next line starts afresh."""
+    try:
+        with path.open("a+b") as handle:
+            _end_cleanly(handle)
+        return path.open("a", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write the run journal {path}: {exc.strerror}") from None
+
+
+def _end_cleanly(handle: IO[bytes]) -> None:
+    size = handle.seek(0, os.SEEK_END)
+    if size == 0 or _last_byte(handle, size) == b"\n":
+        return
+    handle.seek(max(0, size - MAX_TAIL))
+    tail = handle.read()
+    start = tail.rfind(b"\n") + 1
+    try:
+        json.loads(tail[start:].decode("utf-8"))
+    except ValueError:
+        handle.truncate(size - (len(tail) - start))
+    else:
+        handle.write(b"\n")
+    handle.flush()
+    os.fsync(handle.fileno())
+
+
+def _last_byte(handle: IO[bytes], size: int) -> bytes:
+    handle.seek(size - 1)
+    return handle.read(1)
+
+
+def _json_problem(exc: ValueError) -> str:
+    return exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+
+
+def _missing(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}"
+    return "a field of the wrong type"

@@ -27,7 +27,9 @@ from klingflow.verdicts import Judge, verdicts
 
 def judge_for(pipeline: Pipeline, settings: Settings, *,
               forced: frozenset[str] = frozenset()) -> Judge:
-    cache = Cache(settings.cache_root(pipeline.path))
+    from klingflow.runner import open_cache
+
+    cache = open_cache(settings, pipeline.path)
     lock = read_lock(lock_path(pipeline.path))
     return Judge(pipeline=pipeline, cache=cache, backend=settings.backend,
                  locked=lock.steps(settings.backend), unusable=cache.unusable_tasks(),

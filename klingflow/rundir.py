@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from klingflow.errors import UsageError
 from klingflow.journal import Journal, JournalState
-
-LOCK_NAME = ".in-use"
 
 
 def new_run_id() -> str:
@@ -33,11 +32,14 @@ class RunDirectory:
 
     path: Path
     prior: JournalState
-    _held: IO[str]
+    _held: int  # the directory, opened and flock'ed: released with it, or when we die
+    new: bool = False  # made by this invocation (not resumed)
 
     def close(self) -> None:
-        fcntl.flock(self._held, fcntl.LOCK_UN)
-        self._held.close()
+        if self._held >= 0:
+            fcntl.flock(self._held, fcntl.LOCK_UN)
+            os.close(self._held)
+            self._held = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,27 +63,40 @@ def open_run_dir(runs_root: Path, owner: Owner, resume: str | None) -> RunDirect
         path = latest_run_dir(runs_root, owner.name)
     elif resume is not None:
         path = Path(resume)
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--resume {resume}: a file, not a run directory (expected "
+                             "RUN_DIR, the folder that holds journal.jsonl)")
         if not (path / "journal.jsonl").is_file():
             raise UsageError(f"--resume {resume}: no run journal there "
                              "(expected RUN_DIR/journal.jsonl)")
     else:
         path = None
     if path is None:
-        path = runs_root / owner.name / new_run_id()
-        path.mkdir(parents=True)
-        return RunDirectory(path, JournalState(), _hold(path, resume))
+        path = _new_run_dir(runs_root / owner.name)
+        return RunDirectory(path, JournalState(), _hold(path, resume), new=True)
     held = _hold(path, resume)
     prior = Journal.replay(path / "journal.jsonl")
     _check_owner(path, prior, owner)
     return RunDirectory(path, prior, held)
 
 
-def _hold(path: Path, resume: str | None) -> IO[str]:
-    handle = (path / LOCK_NAME).open("a")
+def _new_run_dir(parent: Path) -> Path:
+    path = parent / new_run_id()
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise UsageError(f"--out {parent.parent}: cannot make the run directory {path}: "
+                         f"{exc.strerror}") from None
+    return path
+
+
+def _hold(path: Path, resume: str | None) -> int:
+    """The run directory itself, locked for this invocation (no file is written)."""
+    handle = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        handle.close()
+        os.close(handle)
         raise UsageError(f"--resume {resume}: {path} is in use by another klingflow run; "
                          "wait for it to finish, or resume when it has stopped") from None
     return handle
@@ -96,3 +111,11 @@ def _check_owner(path: Path, prior: JournalState, owner: Owner) -> None:
             raise UsageError(f"--resume {path}: that run directory belongs to {what} "
                              f"{recorded}, not {ours}; nothing was sent. Resume it with its "
                              "own pipeline, or start a new run without --resume")
+
+
+def discard_run_dir(run_dir: Path) -> None:
+    """Remove a new run directory whose journal has no line: nothing in it (at most
+    outputs copied from the cache) is needed to resume, so a failed start leaves none."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):  # RUNS/NAME too, when it holds no other run
+        run_dir.parent.rmdir()

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 import uuid
@@ -24,7 +25,7 @@ from klingflow.cache.claims import Owner as ClaimOwner
 from klingflow.cache.pushes import background_pushes
 from klingflow.cache.remote import RemoteCache
 from klingflow.client import POOL_LIMITS, KlingClient
-from klingflow.errors import RemoteCacheError, UsageError
+from klingflow.errors import Interrupted, RemoteCacheError, UsageError
 from klingflow.journal import Journal
 from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
 from klingflow.lockfile import lock_path, read_lock
@@ -39,9 +40,9 @@ from klingflow.run import Event, Executor, RunOptions
 from klingflow.run.accounting import charge
 from klingflow.run.preflight import SERVICE, service_accounts
 from klingflow.run.sources import Sharing
-from klingflow.rundir import Owner, RunDirectory, open_run_dir
+from klingflow.rundir import Owner, RunDirectory, discard_run_dir, open_run_dir
 from klingflow.seams import find_seams, measure_seams
-from klingflow.settings import Settings
+from klingflow.settings import ApiToken, Settings
 from klingflow.spec import read_pipeline_accounts
 from klingflow.spec.pipeline import Account, Pipeline
 
@@ -63,7 +64,7 @@ def run_pipeline(plan: Plan, settings: Settings, *,
 
 async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) -> RunReport:
     async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
-        cache = Cache(settings.cache_root(plan.pipeline.path))
+        cache = open_cache(settings, plan.pipeline.path)
         return await run(plan, settings, http=http, cache=cache, on_event=on_event)
 
 
@@ -74,36 +75,45 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     Nothing is uploaded or paid for until the service has answered and its accounts
     are known; a run directory is made (or taken) only then."""
     pipeline = plan.pipeline
-    client = KlingClient(http, token=settings.token or "", base_url=settings.base_url)
+    client = KlingClient(http, token=_token(settings), base_url=settings.base_url)
     accounts = await service_accounts(client, pipeline.accounts, base_url=settings.base_url,
                                       within=settings.run.connect_timeout, retrier=Retrier(),
                                       on_event=on_event)
     plan = await judged_by_live_effects(plan, client, backend=settings.backend,
                                         accounts=accounts, root=cache.root)
     pipeline = plan.pipeline
+    options = _options(settings, pipeline)  # a bad option is said before a run directory
     owner = Owner(pipeline.name, pipeline.path, settings.backend)
     run_dir = open_run_dir(settings.run.out, owner, settings.run.resume)
     try:
-        return await _run_in(run_dir, plan, settings, client, cache, accounts, on_event)
+        return await _run_in(run_dir, plan, settings, options, client, cache, accounts,
+                             on_event)
     finally:
         run_dir.close()
 
 
-async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, client: KlingClient,
-                  cache: Cache, accounts: Mapping[str, Account], on_event: OnEvent) -> RunReport:
+async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, options: RunOptions,
+                  client: KlingClient, cache: Cache, accounts: Mapping[str, Account],
+                  on_event: OnEvent) -> RunReport:
     pipeline, started = plan.pipeline, time.time()
-    journal = Journal(run_dir.path / "journal.jsonl", invocation=uuid.uuid4().hex[:12])
-    journal.write({"event": "run", "pipeline": pipeline.name,
-                   "path": str(pipeline.path.resolve()), "backend": settings.backend})
+    journal = Journal(run_dir.path / "journal.jsonl", invocation=uuid.uuid4().hex[:12], header={
+        "event": "run", "pipeline": pipeline.name, "path": str(pipeline.path.resolve()),
+        "backend": settings.backend})
     try:
         async with sharing(settings, pipeline, cache, run_dir.path.name, on_event) as shared:
             executor = Executor(pipeline=pipeline, plan=plan, client=client,
                                 run_dir=run_dir.path, journal=journal, cache=cache,
-                                options=_options(settings, pipeline), accounts=accounts,
-                                prior=run_dir.prior, on_event=on_event, sharing=shared)
+                                options=options, accounts=accounts, prior=run_dir.prior,
+                                on_event=on_event, sharing=shared)
             interrupted = await _run_until_interrupted(executor)
+        if run_dir.new and not journal.started:
+            _raise_failed_start(executor, interrupted)
+            journal.start()
     finally:
         journal.close()
+        if run_dir.new and not journal.started:
+            run_dir.close()
+            discard_run_dir(run_dir.path)
     charge(executor.results, Journal.replay(journal.path), journal.invocation)
     films = await make_outputs(pipeline, executor.results, run_dir=run_dir.path, cache=cache,
                                interrupted=interrupted)
@@ -177,7 +187,7 @@ def open_backend(settings: Settings, *, accounts: Iterable[Account], accept_urls
                        accept_urls=accept_urls, state_dir=settings.sim_state_dir(folder),
                        accounts=[(a.email, a.max_jobs) for a in accounts] or [DEFAULT_ACCOUNT])
     with running_simulator(config) as base_url:
-        yield replace(settings, base_url=base_url, token=SIM_TOKEN)
+        yield replace(settings, base_url=base_url, token=ApiToken(SIM_TOKEN))
 
 
 def fetch_effects(pipeline_path: Path | None, settings: Settings) -> list[KeptCatalogue]:
@@ -197,7 +207,7 @@ def fetch_effects(pipeline_path: Path | None, settings: Settings) -> list[KeptCa
 async def _fetch_effects(settings: Settings, declared: Mapping[str, Account],
                          root: Path) -> list[KeptCatalogue]:
     async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
-        client = KlingClient(http, token=settings.token or "", base_url=settings.base_url)
+        client = KlingClient(http, token=_token(settings), base_url=settings.base_url)
         accounts = await service_accounts(client, declared, base_url=settings.base_url,
                                           within=settings.run.connect_timeout,
                                           retrier=Retrier(), on_event=lambda event: None)
@@ -223,6 +233,33 @@ async def _run_until_interrupted(executor: Executor) -> bool:
         await executor.run()
         group.cancel_scope.cancel()
     return interrupted
+
+
+def _raise_failed_start(executor: Executor, interrupted: bool) -> None:
+    """A new run that stopped before its first journal line (a refused token, Ctrl-C)
+    ends as the error that stopped it, and leaves no run directory: it recorded nothing
+    a resume would need."""
+    if executor.aborted is not None:
+        raise executor.aborted
+    if interrupted:
+        raise Interrupted("interrupted before the run recorded anything: nothing to resume")
+
+
+def _token(settings: Settings) -> str:
+    return settings.token.reveal() if settings.token else ""
+
+
+def open_cache(settings: Settings, pipeline_path: Path) -> Cache:
+    """The pipeline's cache; UsageError (exit 2) when its folder cannot be made."""
+    root = settings.cache_root(pipeline_path)
+    hint = "set KLINGFLOW_HOME to a directory you can write to"
+    try:
+        cache = Cache(root)
+    except OSError as exc:
+        raise UsageError(f"cache {root}: cannot use it: {exc.strerror}; {hint}") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise UsageError(f"cache {root}: cannot use it: permission denied; {hint}")
+    return cache
 
 
 def _run_status(executor: Executor, interrupted: bool) -> tuple[RunStatus, str | None]:

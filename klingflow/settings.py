@@ -7,20 +7,104 @@ URL, the cache's home and the run's options all arrive here.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from klingflow.cache import CACHE_DIR_NAME
 from klingflow.cache.location import RemoteSettings, remote_settings
+from klingflow.errors import UsageError
 from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 SIM_DIR_NAME = ".klingflow-sim"
+TOKEN_VARIABLE = "USEAPI_TOKEN"
+API_BASE_VARIABLE = "KLINGFLOW_API_BASE"
+HOME_VARIABLE = "KLINGFLOW_HOME"
 SIM_BACKOFF = 0.2
 REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
 SIM_POLL_FLOOR = 0.05  # simulated tasks take seconds
+
+
+class ApiToken:
+    """The useapi.net API token. Nothing shows it: not repr, str, format or a message;
+    only `reveal()` gives it, for the Authorization header."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiToken(<hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ApiToken) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def parse_token(raw: str, *, source: str = TOKEN_VARIABLE) -> ApiToken | None:
+    """The token in `raw` without surrounding whitespace (a file's or a CRLF line's end);
+    None when nothing is left. A control or non-ASCII character inside it is refused
+    (UsageError naming `source`, never the value): no HTTP header can carry it."""
+    token = raw.strip()
+    if not token:
+        return None
+    if any(unicodedata.category(ch) == "Cc" for ch in token):
+        raise UsageError(f"{source}: the token holds a control character (such as a line "
+                         f"break or a tab) inside it; set {source} to the useapi.net API "
+                         "token alone")
+    if not token.isascii():
+        raise UsageError(f"{source}: the token holds a character that is not ASCII; set "
+                         f"{source} to the useapi.net API token alone")
+    return ApiToken(token)
+
+
+def check_api_base(raw: str, *, source: str = API_BASE_VARIABLE) -> str:
+    """The API's base URL from `raw`, once it is an http(s) address that holds no
+    credential. A message about it never repeats the value: it may hold a password."""
+    url = raw.strip()
+    expected = f"set {source} to the API's address alone, such as {DEFAULT_API_BASE}"
+    if "@" in url:
+        raise UsageError(f"{source}: the address holds a user name or password (user:"
+                         f"password@); the API takes only the bearer token from "
+                         f"{TOKEN_VARIABLE}: {expected}")
+    if "?" in url or "#" in url:
+        raise UsageError(f"{source}: the address holds a query or a fragment (?... or "
+                         f"#...), which may carry a key; {expected}")
+    if not url.isascii() or any(ch.isspace() or unicodedata.category(ch) == "Cc"
+                                for ch in url):
+        raise UsageError(f"{source}: the address holds a space, a control character or a "
+                         f"character that is not ASCII; {expected}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0..65535
+    except ValueError:
+        raise UsageError(f"{source}: the address is not a valid URL (its host or port); "
+                         f"{expected}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{source}: the address must start with http:// or https:// "
+                         f"and name a host; {expected}")
+    return url
+
+
+def check_home(raw: str, *, source: str = HOME_VARIABLE) -> Path:
+    """The cache's home directory; it may not exist yet, but must not be a file."""
+    home = Path(raw)
+    if home.exists() and not home.is_dir():
+        raise UsageError(f"{source}: {home} is a file, not a directory; point {source} at "
+                         "a directory (it is created when missing)")
+    return home
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +135,7 @@ class RunFlags:
 class Settings:
     """Where klingflow talks to and keeps things, and how a run goes."""
 
-    token: str | None = field(default=None, repr=False)  # USEAPI_TOKEN; never printed
+    token: ApiToken | None = None  # USEAPI_TOKEN; never printed
     base_url: str = DEFAULT_API_BASE  # KLINGFLOW_API_BASE
     home: Path | None = None  # KLINGFLOW_HOME: the cache root for every pipeline
     sim_home: Path | None = None  # KLINGFLOW_SIM_HOME: the simulated service's state
@@ -64,12 +148,14 @@ class Settings:
                          sim: SimOptions | None = None, run: RunFlags | None = None,
                          remote: str | None = None, remote_read_only: bool = False) -> Settings:
         """Settings from the environment; `remote` and `remote_read_only` are the command
-        line's (--remote wins over KLINGFLOW_REMOTE)."""
+        line's (--remote wins over KLINGFLOW_REMOTE). Raises UsageError (exit 2) for a
+        token, base URL, home or remote that cannot work."""
         env = os.environ if environ is None else environ
-        home, sim_home = env.get("KLINGFLOW_HOME"), env.get("KLINGFLOW_SIM_HOME")
-        return cls(token=env.get("USEAPI_TOKEN") or None,
-                   base_url=env.get("KLINGFLOW_API_BASE") or DEFAULT_API_BASE,
-                   home=Path(home) if home else None,
+        home, sim_home = env.get(HOME_VARIABLE), env.get("KLINGFLOW_SIM_HOME")
+        base = env.get(API_BASE_VARIABLE, "").strip()
+        return cls(token=parse_token(env.get(TOKEN_VARIABLE, "")),
+                   base_url=check_api_base(base) if base else DEFAULT_API_BASE,
+                   home=check_home(home) if home else None,
                    sim_home=Path(sim_home) if sim_home else None, sim=sim, run=run or RunFlags(),
                    remote=remote_settings(env, url=remote, read_only=remote_read_only))
 

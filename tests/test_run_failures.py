@@ -63,6 +63,8 @@ def test_an_empty_token_is_no_token(isolated: Path, capsys: pytest.CaptureFixtur
 
 def test_a_wrong_token_stops_the_whole_run(isolated: Path, capsys: pytest.CaptureFixture[str],
                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused at its first request, the run has recorded nothing: it ends as that error
+    (exit 2) and leaves no run directory, no report and no lock."""
     wrong = "user:11-fake-WRONG-token"
     path = _chain_pipeline(isolated / "p", "wrong-token")
     config = SimConfig(token="user:22-fake-right-token", accounts=list(ACCOUNTS.values()))
@@ -75,6 +77,8 @@ def test_a_wrong_token_stops_the_whole_run(isolated: Path, capsys: pytest.Captur
     assert err == (f"klingflow: GET {sim.base_url}/accounts: HTTP 401: Unauthorized: check "
                    "USEAPI_TOKEN; nothing was sent\n")
     assert not (isolated / "runs").exists()
+    assert not (path.parent / "wrong-token.lock.yaml").exists()
+    assert wrong not in out + err
 
 
 def test_moderation_fails_one_step_and_skips_only_its_dependents(

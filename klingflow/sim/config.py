@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,9 +43,12 @@ class Faults:
             if not sep or kind not in FAULT_KINDS:
                 raise ValueError(f"fault {part!r}: expected KIND=RATE with KIND one of "
                                  f"{', '.join(FAULT_KINDS)}")
-            rate = float(value)
+            try:
+                rate = float(value)
+            except ValueError:
+                rate = math.nan
             if not 0.0 <= rate <= 1.0:
-                raise ValueError(f"fault {part!r}: the rate must be from 0 to 1")
+                raise ValueError(f"fault {part!r}: the rate must be a number from 0 to 1")
             rates[kind] = rate
         return cls(rates)
 
@@ -125,9 +129,9 @@ def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: s
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     for name, value in (("--speed", speed), ("--task-seconds", task_seconds)):
-        if value <= 0:
+        if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{name} must be above 0, got {value}")
-    if slow_seconds < 0:
+    if not (math.isfinite(slow_seconds) and slow_seconds >= 0):
         raise UsageError(f"--slow-seconds must be 0 or more, got {slow_seconds}")
     return SimConfig(token=token, accounts=parsed, seed=seed, faults=parsed_faults, speed=speed,
                      state_dir=state_dir, task_seconds=task_seconds, slow_seconds=slow_seconds,

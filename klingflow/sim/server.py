@@ -29,6 +29,8 @@ def _server(config: SimConfig, *, log_level: str = "warning") -> uvicorn.Server:
 
 def _listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A socket bound to host:port (0: a free port)."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"cannot listen on {host}:{port}: a port is from 0 to 65535")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Answers go out as headers then body: without TCP_NODELAY (inherited by the
@@ -79,6 +81,7 @@ def serve(*, host: str, port: int, token: str, accounts: list[str], seed: int, f
                              speed=speed, state_dir=state_dir, task_seconds=task_seconds,
                              slow_seconds=slow_seconds, cheap_render=cheap_render)
     sock = _listening_socket(host, port)
+    port = sock.getsockname()[1]  # the one chosen, for port 0
     server = _server(config)
     state = f", state in {state_dir}" if state_dir is not None else ""
     print(f"klingflow simulator: http://{host}:{port}{API}  (token {token!r}, accounts "

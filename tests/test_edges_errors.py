@@ -1,0 +1,104 @@
+"""How a command that does not return ends: one clear line, the right exit code, even
+when the error comes out of a task group (issue 9, item 12), and no failed start
+leaves a run directory (polish).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from klingflow import media
+from klingflow.cli import main
+from klingflow.errors import UsageError
+from tests.runhelpers import frames_step, isolated, only_run_dir, run_cli, write_pipeline
+
+__all__ = ["isolated"]
+
+FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
+BUG_HINT = "Run again with --traceback to see where.\n"
+
+
+def _pipeline(folder: Path) -> Path:
+    return write_pipeline(folder, "errors", [frames_step("one", "a quiet lake"),
+                                             frames_step("two", "a quiet sea")])
+
+
+def _failing_frames(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """Extracting a clip's last frame (in a worker thread, inside the run's task groups)
+    raises `error`."""
+    def fail(video: Path, out_png: Path) -> None:
+        raise error
+
+    monkeypatch.setattr(media, "extract_last_frame", fail)
+
+
+def test_a_klingflow_error_from_inside_the_task_groups_is_itself(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_frames(monkeypatch, UsageError("the frames folder went away"))
+    path = _pipeline(isolated / "p")
+    code, _, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                            *FAST], capsys)
+    assert code == 2
+    assert err.endswith("\nklingflow: the frames folder went away\n")
+    assert "+--" not in err and "Traceback" not in err
+
+
+def test_a_bug_inside_the_task_groups_is_quoted_not_the_groups_drawing(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_frames(monkeypatch, ValueError("no frame at the end\nsecond line"))
+    path = _pipeline(isolated / "p")
+    code, _, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                            *FAST], capsys)
+    assert code == 3
+    assert err.endswith("\nklingflow: unexpected error (a bug): ValueError: no frame at the "
+                        f"end\n{BUG_HINT}")
+    assert "+--" not in err
+
+
+def test_traceback_shows_the_whole_group(isolated: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_frames(monkeypatch, ValueError("no frame at the end"))
+    path = _pipeline(isolated / "p")
+    with pytest.raises(BaseExceptionGroup) as caught:
+        main(["--traceback", "run", str(path), "--sim", "--out", str(isolated / "runs"),
+              *FAST])
+    assert caught.group_contains(ValueError, match="no frame at the end")
+
+
+def test_ctrl_c_inside_the_task_groups_exits_130_with_one_line(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _failing_frames(monkeypatch, KeyboardInterrupt())
+    path = _pipeline(isolated / "p")
+    code, _, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                            *FAST], capsys)
+    assert code == 130
+    assert err.endswith("\nklingflow: interrupted\n")
+    assert "Traceback" not in err
+
+
+def test_a_bad_force_leaves_no_run_directory(isolated: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    code, out, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                              "--force", "nosuch", *FAST], capsys)
+    assert (code, out) == (2, "")
+    assert err == f"klingflow: --force nosuch: no such step in {path}\n"
+    assert not (isolated / "runs" / "errors").exists()
+
+
+def test_a_run_that_recorded_something_keeps_its_directory(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task was paid for before the error: its run directory (and journal) stay."""
+    _failing_frames(monkeypatch, UsageError("the frames folder went away"))
+    path = _pipeline(isolated / "p")
+    code, _, _ = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                          *FAST], capsys)
+    assert code == 2
+    journal = only_run_dir(isolated / "runs", "errors") / "journal.jsonl"
+    assert '"event": "submitted"' in journal.read_text(encoding="utf-8")

@@ -1,0 +1,177 @@
+"""Ctrl-C at any moment of any command: exit 130, one line, no temporary file left, and
+no run directory from a run that recorded nothing (issue 9, polish).
+
+Each test runs klingflow in a child process (a real SIGINT), through a small driver
+that says when `main()` is about to start: the interpreter's own start-up, and its
+exit after `main()` has returned (where Python restores the default handler, so the
+process ends by the signal, which a shell shows as 130), are beyond any program.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.runhelpers import ROOT, frames_step, isolated, write_pipeline
+
+__all__ = ["isolated"]
+
+FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
+DRIVER = """
+import os, signal, sys
+from klingflow.cli import main
+{patch}
+print("ready", flush=True)
+sys.exit(main(sys.argv[1:]))
+"""
+SIGINT_DURING_LOCK_WRITE = """
+real_fsync = os.fsync
+def fsync(fd):
+    real_fsync(fd)
+    name = os.readlink(f"/proc/self/fd/{fd}")
+    if ".lock.yaml." in name and name.endswith(".tmp"):
+        os.kill(os.getpid(), signal.SIGINT)
+os.fsync = fsync
+"""
+SIGINT_AT_FIRST_UPLOAD = """
+import anyio
+from klingflow.client import KlingClient
+async def upload_asset(self, data, content_type, *, email):
+    os.kill(os.getpid(), signal.SIGINT)
+    await anyio.sleep(30)
+KlingClient.upload_asset = upload_asset
+"""
+
+
+def _start(isolated: Path, argv: list[str], patch: str = "") -> subprocess.Popen[str]:
+    env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("USEAPI_TOKEN", None)
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER.format(patch=patch), *argv], cwd=isolated, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None
+    assert process.stdout.readline() == "ready\n"
+    return process
+
+
+def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out, err
+
+
+def _leftovers(root: Path) -> list[Path]:
+    """Temporary files (write_atomically's `.NAME.<hex>.tmp`) anywhere under `root`."""
+    return [p for p in root.rglob("*.tmp")]
+
+
+def _klingflow_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("klingflow:")]
+
+
+def _pipeline(folder: Path) -> Path:
+    return write_pipeline(folder, "ctrl-c", [
+        frames_step("one", "a quiet lake"),
+        frames_step("two", "the lake at noon", image="${steps.one.last_frame}")])
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3, 0.6, 1.0, 1.5])
+def test_ctrl_c_at_any_moment_of_a_run_ends_cleanly(isolated: Path, delay: float) -> None:
+    path = _pipeline(isolated / "p")
+    runs = isolated / "runs"
+    process = _start(isolated, ["run", str(path), "--sim", "--out", str(runs), *FAST])
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    code, out, err = _finish(process)
+    assert "Traceback" not in err
+    if code in (0, -signal.SIGINT):  # over before the signal came, or main() had returned
+        assert out.endswith("/report.json\n") and _klingflow_lines(err) == [], (out, err)
+    else:
+        assert code == 130, err
+        assert len(_klingflow_lines(err)) == 1, err
+        assert _klingflow_lines(err)[0].startswith("klingflow: interrupted"), err
+    assert _leftovers(isolated) == []
+    for run_dir in (runs / "ctrl-c").glob("*") if (runs / "ctrl-c").exists() else []:
+        journal = run_dir / "journal.jsonl"
+        assert journal.exists() and journal.read_text(encoding="utf-8").strip(), run_dir
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.3])
+def test_ctrl_c_during_other_commands_ends_cleanly(isolated: Path, delay: float) -> None:
+    path = _pipeline(isolated / "p")
+    for argv in (["validate", str(path)], ["plan", str(path)], ["lock", str(path)],
+                 ["sim", "serve", "--port", "0"]):
+        process = _start(isolated, argv)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        code, out, err = _finish(process)
+        assert "Traceback" not in err, argv
+        if code in (0, -signal.SIGINT):  # over before the signal came, or main() had returned
+            assert out and _klingflow_lines(err) == [], (argv, out, err)
+        else:
+            assert code == 130, (argv, err)
+            assert _klingflow_lines(err) == ["klingflow: interrupted"], (argv, err)
+    assert _leftovers(isolated) == []
+
+
+def test_sim_serve_on_port_0_says_the_port_it_took_and_stops_on_ctrl_c(
+        isolated: Path) -> None:
+    process = _start(isolated, ["sim", "serve", "--port", "0"])
+    assert process.stdout is not None
+    banner = process.stdout.readline()
+    assert banner.startswith("klingflow simulator: http://127.0.0.1:")
+    port = int(banner.split("http://127.0.0.1:")[1].split("/")[0])
+    assert 0 < port < 65536
+    process.send_signal(signal.SIGINT)
+    code, _, err = _finish(process)
+    assert (code, _klingflow_lines(err)) == (130, ["klingflow: interrupted"]), err
+
+
+def test_ctrl_c_during_the_lock_write_of_klingflow_lock(isolated: Path) -> None:
+    """`klingflow lock` writes without an event loop: the interrupt lands inside the write."""
+    path = _pipeline(isolated / "p")
+    process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                                *FAST])
+    assert _finish(process)[0] == 0
+    lock = path.parent / "ctrl-c.lock.yaml"
+    before = lock.read_bytes()
+    process = _start(isolated, ["lock", str(path), "--sim"], SIGINT_DURING_LOCK_WRITE)
+    code, out, err = _finish(process)
+    assert (code, out, _klingflow_lines(err)) == (130, "", ["klingflow: interrupted"]), err
+    assert "Traceback" not in err
+    assert _leftovers(isolated) == []
+    assert lock.read_bytes() == before  # the old lock, whole
+
+
+def test_ctrl_c_during_the_final_lock_write_of_a_run(isolated: Path) -> None:
+    path = _pipeline(isolated / "p")
+    process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                                *FAST], SIGINT_DURING_LOCK_WRITE)
+    code, _, err = _finish(process)
+    assert code == 130, err
+    assert _klingflow_lines(err) == ["klingflow: interrupted"], err
+    assert "Traceback" not in err
+    assert _leftovers(isolated) == []
+
+
+def test_ctrl_c_before_the_run_recorded_anything_leaves_no_run_directory(
+        isolated: Path) -> None:
+    path = _pipeline(isolated / "p")
+    process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                                *FAST], SIGINT_AT_FIRST_UPLOAD)
+    code, out, err = _finish(process)
+    assert (code, out) == (130, ""), err
+    assert _klingflow_lines(err) == ["klingflow: interrupted before the run recorded "
+                                     "anything: nothing to resume"], err
+    assert not (isolated / "runs" / "ctrl-c").exists()
+    assert not (path.parent / "ctrl-c.lock.yaml").exists()

@@ -1,0 +1,158 @@
+"""Bad option values and unusable paths are usage errors (exit 2), never a bug or a
+hang (issue 9, item 12): every numeric option of every subcommand, --sim-faults, an
+--out, cache, --resume or KLINGFLOW_HOME that cannot be used. Nothing is left behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from klingflow.cli import main
+from tests.runhelpers import frames_step, isolated, run_cli, write_pipeline
+
+__all__ = ["isolated"]
+
+RUN_USAGE_ERROR = "klingflow run: error: argument {option}: {message}\n"
+SERVE_USAGE_ERROR = "klingflow sim serve: error: argument {option}: {message}\n"
+
+
+def _pipeline(folder: Path) -> Path:
+    return write_pipeline(folder, "options", [frames_step("one", "a quiet lake")])
+
+
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    return err.splitlines(keepends=True)[-1]
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--max-jobs", "-1", "expected a whole number of 1 or more, got '-1'"),
+    ("--max-jobs", "0", "expected a whole number of 1 or more, got '0'"),
+    ("--max-jobs", "two", "expected a whole number of 1 or more, got 'two'"),
+    ("--poll-interval", "-1", "expected a number of seconds above 0, got '-1'"),
+    ("--poll-interval", "0", "expected a number of seconds above 0, got '0'"),
+    ("--poll-interval", "nan", "expected a number of seconds above 0, got 'nan'"),
+    ("--poll-interval", "inf", "expected a number of seconds above 0, got 'inf'"),
+    ("--budget", "-5", "expected a whole number of 0 or more, got '-5'"),
+    ("--budget", "1e3", "expected a whole number of 0 or more, got '1e3'"),
+    ("--sim-speed", "0", "expected a number above 0, got '0'"),
+    ("--sim-speed", "-1", "expected a number above 0, got '-1'"),
+    ("--sim-speed", "inf", "expected a number above 0, got 'inf'"),
+    ("--sim-speed", "nan", "expected a number above 0, got 'nan'"),
+    ("--sim-faults", "429=abc", "fault '429=abc': the rate must be a number from 0 to 1"),
+    ("--sim-faults", "429=2", "fault '429=2': the rate must be a number from 0 to 1"),
+    ("--sim-faults", "429=nan", "fault '429=nan': the rate must be a number from 0 to 1"),
+    ("--sim-faults", "foo=0.1", "fault 'foo=0.1': expected KIND=RATE with KIND one of 429, "
+                                "500, moderation, reset, slow, expire"),
+])
+def test_a_bad_run_option_is_a_usage_error_before_anything_runs(
+        isolated: Path, capsys: pytest.CaptureFixture[str], option: str, value: str,
+        message: str) -> None:
+    path = _pipeline(isolated / "p")
+    last = _usage_error(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                         f"{option}={value}"], capsys)
+    assert last == RUN_USAGE_ERROR.format(option=option, message=message)
+    assert not (isolated / "runs").exists()
+    assert not (isolated / "home").exists()
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--port", "99999", "expected a whole number from 0 to 65535 (0: any free port), "
+                        "got '99999'"),
+    ("--port", "-1", "expected a whole number from 0 to 65535 (0: any free port), got '-1'"),
+    ("--speed", "0", "expected a number above 0, got '0'"),
+    ("--speed", "nan", "expected a number above 0, got 'nan'"),
+    ("--task-seconds", "0", "expected a number of seconds above 0, got '0'"),
+    ("--task-seconds", "inf", "expected a number of seconds above 0, got 'inf'"),
+    ("--slow-seconds", "-1", "expected a number of seconds of 0 or more, got '-1'"),
+    ("--slow-seconds", "nan", "expected a number of seconds of 0 or more, got 'nan'"),
+    ("--faults", "500=x", "fault '500=x': the rate must be a number from 0 to 1"),
+])
+def test_a_bad_sim_serve_option_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                 option: str, value: str,
+                                                 message: str) -> None:
+    last = _usage_error(["sim", "serve", f"{option}={value}"], capsys)
+    assert last == SERVE_USAGE_ERROR.format(option=option, message=message)
+
+
+def test_sim_config_refuses_what_is_not_a_finite_number() -> None:
+    """The same checks for a program that builds the simulator's options itself."""
+    from klingflow.errors import UsageError
+    from klingflow.sim.config import config_from_cli
+
+    for name, options in (("--speed", {"speed": float("nan")}),
+                          ("--task-seconds", {"task_seconds": float("inf")})):
+        with pytest.raises(UsageError) as caught:
+            config_from_cli(token="t", accounts=[], seed=0, faults="",
+                            **{"speed": 1.0, **options})  # type: ignore[arg-type]
+        assert str(caught.value).startswith(f"{name} must be above 0, got ")
+
+
+def test_an_out_that_cannot_hold_directories_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    (isolated / "a-file").write_text("not a folder")
+    code, out, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "a-file")],
+                             capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"klingflow: --out {isolated / 'a-file'}: cannot make the run "
+                          f"directory {isolated / 'a-file' / 'options'}/")
+    assert err.endswith(": Not a directory\n")
+
+
+def test_a_klingflow_home_that_is_a_file_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    home = isolated / "home-file"
+    home.write_text("not a folder")
+    monkeypatch.setenv("KLINGFLOW_HOME", str(home))
+    path = _pipeline(isolated / "p")
+    for argv in (["run", str(path), "--sim"], ["plan", str(path)], ["lock", str(path)]):
+        code, out, err = run_cli(argv, capsys)
+        assert (code, out) == (2, ""), argv
+        assert err == (f"klingflow: KLINGFLOW_HOME: {home} is a file, not a directory; point "
+                       "KLINGFLOW_HOME at a directory (it is created when missing)\n")
+    assert not (isolated / "runs").exists()
+
+
+def test_a_cache_that_cannot_be_made_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (isolated / "a-file").write_text("not a folder")
+    home = isolated / "a-file" / "cache"
+    monkeypatch.setenv("KLINGFLOW_HOME", str(home))
+    monkeypatch.setenv("USEAPI_TOKEN", "user:1-fake-token")
+    monkeypatch.setenv("KLINGFLOW_API_BASE", "http://127.0.0.1:9/v1/kling")
+    path = _pipeline(isolated / "p")
+    for argv in (["run", str(path)], ["plan", str(path)]):
+        code, out, err = run_cli(argv, capsys)
+        assert (code, out) == (2, ""), argv
+        assert err == (f"klingflow: cache {home}: cannot use it: Not a directory; set "
+                       "KLINGFLOW_HOME to a directory you can write to\n")
+    assert not (isolated / "runs").exists()
+
+
+def test_resume_of_a_file_is_a_usage_error(isolated: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    code, out, err = run_cli(["run", str(path), "--sim", "--resume", str(path)], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"klingflow: --resume {path}: a file, not a run directory (expected "
+                   "RUN_DIR, the folder that holds journal.jsonl)\n")
+
+
+def test_a_pipeline_path_that_is_a_directory_is_a_located_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = isolated / "p"
+    _pipeline(folder)
+    for command in ("validate", "plan", "run"):
+        code, out, err = run_cli([command, str(folder)], capsys)
+        assert (code, out) == (2, ""), command
+        assert err == f"{folder}:1:1: <document>: cannot read the file: Is a directory\n" \
+                      "1 problem found\n"
