@@ -137,8 +137,10 @@ def _cmd_lock(args: argparse.Namespace) -> int:
     from klingflow.planning import rebuild_lock
 
     settings = _settings(args)
-    path, locked, total = rebuild_lock(Path(args.pipeline), settings)
-    print(f"{path}: {locked} of {total} steps locked from the cache ({settings.backend})")
+    path, locked, total, kept = rebuild_lock(Path(args.pipeline), settings)
+    older = f"; {kept} older {'entry' if kept == 1 else 'entries'} kept" if kept else ""
+    print(f"{path}: {locked} of {total} steps locked from the cache ({settings.backend})"
+          f"{older}")
     return EXIT_OK
 
 

@@ -75,9 +75,10 @@ def _locked(plan: Plan, step_id: str, entry: CacheEntry,
                      credits=entry.credits, outputs=entry.outputs)
 
 
-def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, int]:
+def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, int, int]:
     """Write the backend's section of the lock again from the cache, keeping the entries the
-    cache cannot confirm; (lock path, steps locked, steps in all)."""
+    cache cannot confirm; (lock path, steps locked from the cache, steps in all, older
+    entries kept)."""
     pipeline = load_pipeline(pipeline_path, effects=KeptCatalogues(
         settings.cache_root(pipeline_path), settings.backend))  # a one-mode effect's mode
     plan = build_plan(pipeline)
@@ -85,11 +86,13 @@ def rebuild_lock(pipeline_path: Path, settings: Settings) -> tuple[Path, int, in
     path = lock_path(pipeline.path)
     previous = read_lock(path)
     entries = dict(previous.steps(settings.backend))
-    entries.update({sid: _locked(plan, sid, v.entry, pipeline.accounts)
-                    for sid, v in found.items() if v.entry is not None})
+    confirmed = {sid: _locked(plan, sid, v.entry, pipeline.accounts)
+                 for sid, v in found.items() if v.entry is not None}
+    entries.update(confirmed)
     write_lock(path, name=pipeline.name, plan=plan, backend=settings.backend, entries=entries,
                previous=previous)
-    return path, len({s.id for s in plan.steps} & set(entries)), len(plan.steps)
+    kept = {s.id for s in plan.steps} & set(entries) - set(confirmed)
+    return path, len(confirmed), len(plan.steps), len(kept)
 
 
 def forced_steps(pipeline: Pipeline, force: tuple[str, ...] | list[str],

@@ -145,7 +145,8 @@ async def sharing(settings: Settings, pipeline: Pipeline, cache: Cache, run_id: 
     status = await remote.probe()
     if status.message:
         on_event(Event(SERVICE, "remote", status.message))
-    board = remote.claims(ClaimOwner.here(run_id)) if status.claims else None
+    board = remote.claims(ClaimOwner.here(run_id), ttl=settings.claim_ttl) \
+        if status.claims else None
 
     def unpushed(key: str, exc: RemoteCacheError) -> None:
         on_event(Event(SERVICE, "remote", f"a result was not pushed (the next run will): {exc}"))

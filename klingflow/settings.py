@@ -23,6 +23,7 @@ SIM_DIR_NAME = ".klingflow-sim"
 TOKEN_VARIABLE = "USEAPI_TOKEN"
 API_BASE_VARIABLE = "KLINGFLOW_API_BASE"
 HOME_VARIABLE = "KLINGFLOW_HOME"
+CLAIM_TTL_VARIABLE = "KLINGFLOW_CLAIM_TTL"
 SIM_BACKOFF = 0.2
 REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
@@ -141,6 +142,7 @@ class Settings:
     sim_home: Path | None = None  # KLINGFLOW_SIM_HOME: the simulated service's state
     sim: SimOptions | None = None  # run on the embedded simulator
     remote: RemoteSettings | None = None  # KLINGFLOW_REMOTE or --remote: a shared cache
+    claim_ttl: float = 60.0  # KLINGFLOW_CLAIM_TTL: a remote claim not renewed this long is stale
     run: RunFlags = field(default_factory=RunFlags)
 
     @classmethod
@@ -157,7 +159,8 @@ class Settings:
                    base_url=check_api_base(base) if base else DEFAULT_API_BASE,
                    home=check_home(home) if home else None,
                    sim_home=Path(sim_home) if sim_home else None, sim=sim, run=run or RunFlags(),
-                   remote=remote_settings(env, url=remote, read_only=remote_read_only))
+                   remote=remote_settings(env, url=remote, read_only=remote_read_only),
+                   claim_ttl=_seconds(env.get(CLAIM_TTL_VARIABLE), CLAIM_TTL_VARIABLE, 60.0))
 
     @property
     def backend(self) -> str:
@@ -193,3 +196,15 @@ def backend_name(base_url: str) -> str:
     """`useapi` for the real service, else `api:BASE_URL`."""
     base = base_url.rstrip("/")
     return "useapi" if base == DEFAULT_API_BASE else f"api:{base}"
+
+
+def _seconds(raw: str | None, source: str, default: float) -> float:
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise UsageError(f"{source}={raw.strip()!r}: expected a number of seconds above 0")
+    return value

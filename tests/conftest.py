@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ("tests.s3server",)  # the `s3` fixture: a real S3 server on 127.0.0.1
+
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"
 EXAMPLE_FILES = sorted(p for p in PIPELINES.glob("*.yaml") if not p.name.endswith(".lock.yaml"))

@@ -2,8 +2,7 @@
 werkzeug in a thread, with a log of every request it answered, and writes made
 atomic as S3's are.
 
-Use it from a test module with `pytest_plugins = ("tests.s3server",)`, then ask for
-the `s3` fixture: it gives a fresh bucket per test and sets the standard AWS_*
+tests/conftest.py registers it as a plugin: a test asks for the `s3` fixture: it gives a fresh bucket per test and sets the standard AWS_*
 variables (fake credentials, a region, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP=true) for
 that test only, removing any other AWS_* variable the machine has, so nothing can
 reach a real account. obstore's client is Rust and does not go through Python's
@@ -136,10 +135,20 @@ class S3Bucket:
     def put(self, key: str, data: bytes) -> None:
         """Write an object behind klingflow's back (to corrupt one, say); signed, as
         moto refuses anonymous overwrites."""
-        S3Store(self.name, config={"endpoint": self.server.endpoint, "region": REGION,
-                                   "access_key_id": FAKE_KEY_ID,
-                                   "secret_access_key": FAKE_SECRET},
-                client_options={"allow_http": True}).put(key, data)
+        self._store().put(key, data)
+
+    def get(self, key: str) -> bytes:
+        """An object's bytes (b"" when it is gone), read behind klingflow's back."""
+        try:
+            return bytes(self._store().get(key).bytes())
+        except FileNotFoundError:
+            return b""
+
+    def _store(self) -> S3Store:
+        return S3Store(self.name, config={"endpoint": self.server.endpoint, "region": REGION,
+                                          "access_key_id": FAKE_KEY_ID,
+                                          "secret_access_key": FAKE_SECRET},
+                       client_options={"allow_http": True})
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,6 @@ from tests.remotehelpers import make_result, result_key
 if TYPE_CHECKING:
     from tests.s3server import S3Bucket
 
-pytest_plugins = ("tests.s3server",)
 pytestmark = pytest.mark.anyio
 
 
