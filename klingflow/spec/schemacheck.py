@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from klingflow.kinds import KINDS
 from klingflow.schema_files import load_schema
 from klingflow.spec.fastschema import Check, compile_check
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
@@ -120,8 +121,8 @@ def _unknown_key(key: str, allowed: list[str], schema: dict[str, Any]) -> str:
     if key == "<<":
         return "YAML merge keys (<<) are not supported; put shared values under defaults"
     kind = schema.get("properties", {}).get("kind", {}).get("const")
-    other = {"frames": "effectStep", "effect": "framesStep"}.get(kind or "")
-    if other and key in _schema()["$defs"][other]["properties"]:
+    others = [k.schema for k in KINDS.values() if k.name != kind] if kind else []
+    if any(key in _schema()["$defs"][other]["properties"] for other in others):
         return (f"unknown key '{key}': it is not a field of {kind} steps; remove it "
                 "or change kind")
     hint = did_you_mean(key, allowed) or f"; expected one of: {', '.join(allowed)}"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from klingflow.catalogue import Catalogue, Catalogues
+from klingflow.kinds import EFFECT, FRAMES, KINDS
 from klingflow.models import DEFAULT_MODEL, MODELS
 from klingflow.spec.images import url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
@@ -24,6 +25,7 @@ from klingflow.spec.refs import (
 )
 from klingflow.spec.reported import Reported
 from klingflow.spec.rules import (
+    Finding,
     decided_effect_mode,
     effect_findings,
     frames_findings,
@@ -32,11 +34,7 @@ from klingflow.spec.rules import (
 from klingflow.spec.schemacheck import value_issues
 from klingflow.spec.wording import did_you_mean, show
 
-API_FIELDS = {
-    "frames": ("image", "image_tail", "prompt", "negative_prompt", "cfg_scale", "duration",
-               "model_name", "mode", "enable_audio"),
-    "effect": ("effect", "image", "prompt", "mode"),
-}
+API_FIELDS = {kind.name: kind.fields for kind in KINDS.values()}
 RUN_FIELDS = ("account", "retries", "timeout")
 TYPED_FIELDS = frozenset(("account", "retries", "timeout", "cfg_scale", "duration",
                           "model_name", "mode", "enable_audio", "effect"))
@@ -261,8 +259,7 @@ class StepBuilder:
         catalogues: list[Catalogue] = []
         if not bad & _DECISIVE:
             catalogues = self._catalogues(kind, values.get("account"), bad)
-            findings += frames_findings(params) if kind == "frames" \
-                else effect_findings(params, catalogues)
+            findings += _RULES[kind](params, catalogues)
         for name, message in findings:
             if name not in bad:
                 at = values[name].at if name else ("steps", index)
@@ -352,3 +349,9 @@ def _matrix_origin(text: str, combo: dict[str, Written]) -> DocPath | None:
     written = combo.get(match.group(1)) if match else None
     return written.at if written else None
 
+
+_RULES: dict[str, Callable[[Mapping[str, Value], list[Catalogue]], Iterable[Finding]]] = {
+    FRAMES.name: lambda params, catalogues: frames_findings(params),
+    EFFECT.name: effect_findings,
+}
+"""Each kind's rules (klingflow.kinds has a row per kind; the loader refuses any other)."""
