@@ -37,8 +37,8 @@ from klingflow.kinds import EFFECT, FRAMES
 from klingflow.policy import Retrier, RetryPolicy, Sleep
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
-API_CALLS_AT_ONCE = 24
-DOWNLOADS_AT_ONCE = 8
+API_CALLS_AT_ONCE = 12
+DOWNLOADS_AT_ONCE = 4
 POOL_LIMITS = httpx.Limits(max_connections=API_CALLS_AT_ONCE + DOWNLOADS_AT_ONCE,
                            max_keepalive_connections=API_CALLS_AT_ONCE + DOWNLOADS_AT_ONCE)
 """For the httpx.AsyncClient a KlingClient is given. KlingClient keeps its own calls

@@ -45,12 +45,14 @@ def replacing(path: Path) -> Iterator[Path]:
         raise
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` so that `path` holds either the old or the new content, never a mix."""
+def write_atomically(path: Path, text: str, *, durable: bool = True) -> None:
+    """Write `text` so that `path` holds either the old or the new content, never a mix;
+    `durable`: on disk (fsync) before it takes the old one's place."""
     with replacing(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
         handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 @lru_cache(maxsize=1024)

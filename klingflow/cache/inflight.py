@@ -48,8 +48,11 @@ class InFlightRecords:
             return None
 
     def sending(self, record: InFlight) -> None:
-        """Before the POST: on disk (fsync'd) before anything is sent."""
-        write_atomically(self._path(record.key), json.dumps(asdict(record), sort_keys=True))
+        """Before the POST. Written whole (a rename), not fsync'd: a killed process
+        leaves it; against a power cut the run journal, synced before each POST, holds
+        the same."""
+        write_atomically(self._path(record.key), json.dumps(asdict(record), sort_keys=True),
+                         durable=False)
 
     def created(self, key: str, task_id: int) -> None:
         record = self.get(key)

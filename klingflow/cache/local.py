@@ -36,6 +36,7 @@ class Cache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._unusable: dict[int, str] | None = None
         for sub in ("entries", "objects", "locks"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -80,13 +81,15 @@ class Cache:
 
     def unusable_tasks(self) -> dict[int, str]:
         """Locked tasks a run could not restore from (gone, or not the locked clip): task
-        id -> why. `plan` says so and prices the step as will run."""
-        try:
-            data = json.loads((self.root / UNUSABLE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return {int(task): str(why) for task, why in data.items()} \
-            if isinstance(data, dict) else {}
+        id -> why. `plan` says so and prices the step as will run. Read once."""
+        if self._unusable is None:
+            try:
+                data = json.loads((self.root / UNUSABLE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                data = {}
+            self._unusable = {int(task): str(why) for task, why in data.items()} \
+                if isinstance(data, dict) else {}
+        return self._unusable
 
     def mark_unusable(self, task_id: int, why: str) -> None:
         found = self.unusable_tasks()

@@ -196,6 +196,7 @@ class Submitter:
         self._inflight.sending(InFlight(key, step.id, reply_ref, alias, email, at_ms,
                                         run_dir=str(self._journal.path.parent)))
         self._owned.add(key)
+        await self._journal.sync()  # on disk before anything is sent
         await _tell_claim(lease, step, lambda held: held.submitting(
             reply_ref=reply_ref, account=alias, email=email, at_ms=at_ms))
         try:
