@@ -288,7 +288,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline", metavar="PIPELINE")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--sim", action="store_true",
-                   help="judge the cache for the simulator (default: the lock's backend)")
+                   help="plan for the simulator (default: the backend run would use, "
+                        "KLINGFLOW_API_BASE or useapi.net)")
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="plan STEP and what depends on it as regenerated")
     p.add_argument("--force-all", action="store_true", help="plan every step as regenerated")
@@ -338,7 +339,8 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sim = p.add_argument_group("simulator options (with --sim)")
     sim.add_argument("--sim-seed", type=int, default=0, metavar="N")
     sim.add_argument("--sim-faults", type=_fault_rates, default="", metavar="KIND=RATE,...",
-                     help="e.g. 429=0.1,500=0.05,moderation=0.02,reset=0.02")
+                     help="KIND one of 429, 500, moderation, reset, slow, expire; e.g. "
+                          "429=0.1,500=0.05,moderation=0.02,reset=0.02")
     sim.add_argument("--sim-speed", type=FACTOR, default=1.0, metavar="X",
                      help="make simulated tasks finish X times faster")
     _add_remote_options(p)
@@ -397,8 +399,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except SystemExit:
         raise  # argparse's usage errors (exit 2), --help and --version
+    except BrokenPipeError:  # `klingflow plan --json | head`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_OK
     except BaseException as exc:  # Ctrl-C too: every ending is one clear line
         return _failure(exc, show_traceback=bool(args is not None and args.traceback))
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so Python's own flush at exit meets no closed pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _failure(exc: BaseException, *, show_traceback: bool) -> int:

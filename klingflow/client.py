@@ -250,8 +250,13 @@ class KlingClient:
         data: list[dict[str, Any]] = await self._get_json("videos/effects", _email(email))
         return data
 
-    async def accounts(self) -> dict[str, Any]:
-        data: dict[str, Any] = await self._get_json("accounts", {})
+    async def accounts(self, *, once: bool = False) -> dict[str, Any]:
+        """GET accounts; `once`: no retries here (the caller waits in its own way)."""
+        if once:
+            response = await self._send("GET", "accounts", params={})
+            data: dict[str, Any] = response.json()
+            return data
+        data = await self._get_json("accounts", {})
         return data
 
     async def account(self, email: str) -> dict[str, Any]:

@@ -84,7 +84,10 @@ class Backoff:
         over_time = policy.within is not None and self.waited > policy.within
         if over_attempts or over_time:
             raise RetriesExhausted(error, self.failures, self.waited) from error
-        return policy.delay(self.failures, error, self._rng)
+        delay = policy.delay(self.failures, error, self._rng)
+        if policy.within is not None:  # never sleep past the policy's time
+            delay = min(delay, max(0.0, policy.within - self.waited) + 0.001)
+        return delay
 
     async def wait(self, error: BaseException) -> float:
         delay = self.next_delay(error)

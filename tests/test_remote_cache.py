@@ -217,8 +217,8 @@ async def test_a_file_store_has_no_if_match_and_the_run_is_told(tmp_path) -> Non
     status = await remote.probe()
     assert not status.claims
     assert status.message == (
-        f"remote cache {url}: the store does not honour compare-and-swap writes (If-Match), "
-        "so claims across machines are off, so two machines may pay for the same step at "
+        f"remote cache {url}: the store does not honour compare-and-swap writes (If-Match): "
+        "claims across machines are off, and two machines may pay for the same step at "
         "the same time; claims between runs on this machine still work")
     assert [p for p in (tmp_path / "shared").rglob("*") if p.is_file()] == []
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from klingflow.cache.bucket import Bucket, Version
 from klingflow.errors import ConditionalWriteUnsupportedError
 
-_OFF = ("claims across machines are off, so two machines may pay for the same step "
+_OFF = ("claims across machines are off, and two machines may pay for the same step "
         "at the same time; claims between runs on this machine still work")
 
 
@@ -48,7 +48,7 @@ async def probe_store(bucket: Bucket, *, read_only: bool,
     if missing is None:
         return RemoteStatus(True)
     return RemoteStatus(False, f"remote cache {bucket.where}: the store does not honour "
-                               f"{missing}, so {_OFF}")
+                               f"{missing}: {_OFF}")
 
 
 async def _missing_condition(bucket: Bucket, path: str) -> str | None:

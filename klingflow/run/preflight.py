@@ -22,7 +22,7 @@ SERVICE = "(service)"  # the progress line's name for what is not a step
 
 def reaching(within: float) -> RetryPolicy:
     """Waiting for a service that cannot be reached: visible, and bounded."""
-    return RetryPolicy(attempts=None, within=within, base=1.0, cap=10.0,
+    return RetryPolicy(attempts=None, within=within, base=1.0, cap=10.0, floor=0.5,
                        retryable=lambda error: isinstance(error, ApiError) and error.retryable)
 
 
@@ -48,7 +48,7 @@ async def _listed(client: KlingClient, *, base_url: str, within: float, retrier:
     backoff = retrier.backoff(reaching(within))
     while True:
         try:
-            listed = await client.accounts()
+            listed = await client.accounts(once=True)
         except ApiError as exc:
             await _wait_or_stop(exc, backoff, base_url, on_event)
             continue
@@ -65,7 +65,7 @@ async def _wait_or_stop(exc: ApiError, backoff: Any, base_url: str,
     except ApiError:
         raise UsageError(f"{exc}; nothing was sent") from exc
     on_event(Event(SERVICE, "waiting", f"cannot reach {base_url} ({_cause(exc)}); "
-                                       f"trying again in {delay:.0f} s"))
+                                       f"trying again in {delay:.1f} s"))
     await backoff.wait_for(delay)
 
 
