@@ -49,12 +49,7 @@ def read_pipeline_accounts(path: Path) -> dict[str, Account]:
     """The accounts a pipeline file declares, by alias, judging nothing else of the file
     (so `klingflow effects` works on a file whose effect steps are still wrong)."""
     shown = str(path)
-    text, issue = read_source(path)
-    if text is None:
-        raise _error(shown, [issue] if issue else [], None)
-    doc, issues = parse_yaml(text)
-    if doc is None:
-        raise _error(shown, issues, None)
+    doc, issues = _document(path)
     raw = doc.data.get("accounts") if isinstance(doc.data, dict) else None
     if not isinstance(raw, dict):
         return {}
@@ -77,14 +72,20 @@ def _no_gc_pauses() -> Iterator[None]:
             gc.enable()
 
 
-def _load(path: Path, effects: Catalogues | None) -> Pipeline:
-    shown = str(path)
+def _document(path: Path) -> tuple[YamlDocument, list[Issue]]:
+    """The file's YAML with positions, and its issues; PipelineError when unreadable."""
     text, issue = read_source(path)
     if text is None:
-        raise _error(shown, [issue] if issue else [], None)
+        raise _error(str(path), [issue] if issue else [], None)
     doc, issues = parse_yaml(text)
     if doc is None:
-        raise _error(shown, issues, None)
+        raise _error(str(path), issues, None)
+    return doc, issues
+
+
+def _load(path: Path, effects: Catalogues | None) -> Pipeline:
+    shown = str(path)
+    doc, issues = _document(path)
     issues += _shape_issues(doc)
     earlier = len(issues)
     pipeline = _Checked(doc, path, shown, effects).run(issues) \
