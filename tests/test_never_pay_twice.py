@@ -317,7 +317,8 @@ def test_a_resumed_task_is_not_charged_to_the_budget_twice(tmp_path: Path,
     code, report, err = finish(start_run(path, env, "--budget", "20", "--resume"))
     assert code == 0, err
     assert report is not None and report["steps"][0]["status"] == "succeeded"
-    # paid by the killed invocation, not by the resume
+    # paid by the killed invocation, not by the resume, which says so
+    assert f" s0 re-attached: task {report['steps'][0]['task_id']}\n" in err
     assert (report["totals"]["credits_charged"], report["totals"]["credits_charged_run"]) == \
         (0, 20)
     assert (report["steps"][0]["credits"], report["steps"][0]["charged_now"]) == (20, 0)

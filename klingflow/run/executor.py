@@ -202,11 +202,11 @@ class Executor:
             if step.id not in self.options.force and \
                     await self._serve(planned, result, key, request):
                 return
-            if await self._payer.pay(planned, result, request) == SERVED:
+            paid = await self._payer.pay(planned, result, request, kept=lambda: self._paid(
+                result))
+            if paid == SERVED:
                 self._collector.restore_cached(step, result, key)
                 self._served(planned, result, "remote")
-                return
-            self._record_success(result, StepStatus.SUCCEEDED)
         finally:
             claim.release()
 
@@ -257,6 +257,12 @@ class Executor:
             return
         result.served_by, result.saved = source, planned.credits or 0
         self._record_success(result, StepStatus.CACHED)
+
+    def _paid(self, result: StepResult) -> None:
+        """The step's result is in the cache: it succeeded, and the steps that need it may
+        start (even while its result is still being pushed to the remote)."""
+        self._record_success(result, StepStatus.SUCCEEDED)
+        self._done[result.step_id].set()
 
     def _record_success(self, result: StepResult, status: StepStatus) -> None:
         outputs = {a: [o.path.name, o.sha256] for a, o in result.outputs.items()}

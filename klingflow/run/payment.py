@@ -42,12 +42,15 @@ class Payer:
         self._backend = backend
         self._on_event = on_event
 
-    async def pay(self, planned: PlannedStep, result: StepResult,
-                  request: dict[str, Any]) -> str:
-        """PAID, or SERVED when another machine made the result while this one waited."""
+    async def pay(self, planned: PlannedStep, result: StepResult, request: dict[str, Any], *,
+                  kept: Callable[[], None]) -> str:
+        """PAID (`kept()` is called as soon as the result is in the cache, so the steps
+        that need it can start), or SERVED when another machine made the result while
+        this one waited."""
         board, remote, key = self._sharing.board, self._sharing.remote, result.key
         if board is None or remote is None or key is None:
             await self._generate(planned, result, request, lease=None, previous=None)
+            kept()
             return PAID
         async with board.claim(key, step=planned.id, serve=remote.fetcher(key, self._cache),
                                on_wait=self._waiting(planned.id)) as got:
@@ -55,6 +58,7 @@ class Payer:
                 return SERVED
             lease = got if isinstance(got, Lease) else None
             await self._generate(planned, result, request, lease=lease, previous=got.previous)
+            kept()  # the run goes on; this step's task still pushes, then lets the claim go
             await self._push(planned.id, key)  # before the claim goes: waiters find it
         return PAID
 
