@@ -15,7 +15,7 @@ the POST leaves, names its replyRef, request key, step and invocation. Checked:
 1. Every task in the ledger was journalled before its POST left.
 2. No request key is paid for twice. A task for a key is a second payment when an
    earlier task for that key had not failed at the service, unless the invocation that
-   created it forced that step (`--force` names it, or a step it starts from) and had
+   created it forced that step (`--force` names it or a step upstream of it) and had
    not already created a task for the key that did not fail. A task that failed
    (moderation during generation) is charged, and a later run may pay for the request
    again: that is a new attempt, not a second payment.
@@ -28,26 +28,38 @@ the POST leaves, names its replyRef, request key, step and invocation. Checked:
 5. The sequence ends: `--resume` after it succeeds (within a few tries, since
    moderation may fail a step), each step with its own task from the ledger.
 
+Point 4 does not hold today, and point 3 can fail for the second of these two bugs;
+each is pinned by a deterministic test at the end of this file (xfail, strict):
+- a task whose POST left just before a SIGKILL (a `submitting` line, no `submitted`
+  line) is re-attached by the resume and charged to nobody: run totals too low;
+- recovering a lost POST adopts a matching task an earlier run created (same image and
+  prompt, up to 10 s before): the invocation reports credits the service never charged.
+
 Deleting the cache (KLINGFLOW_HOME) is not among the moves: with neither its cache nor
 its run directory, a run has nothing left to know its tasks by, and pays again by design.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 
 from klingflow.sim import Faults, SimConfig, running_simulator
+from klingflow.sim.replies import SERVER_ERROR
 from tests.test_never_pay_twice import (
     ACCOUNTS,
     TOKEN,
@@ -58,11 +70,14 @@ from tests.test_never_pay_twice import (
     kill_at_a_random_moment,
     ledger,
     make_project,
+    pipeline_text,
     start_run,
     tree_steps,
 )
 
-FAULTS = "429=0.1,500=0.05,reset=0.05,slow=0.05,moderation=0.02,expire=0.05"
+FAULTS = "429=0.03,500=0.08,reset=0.08,slow=0.1,moderation=0.02,expire=0.05"
+"""Against a service at KLINGFLOW_API_BASE, klingflow waits out a 429 for at least 15 s,
+and a lost POST up to 15 s: the kills' deadlines keep most such waits short."""
 STEPS = 4  # s0; s1 and s2 from s0's last frame; s3 from s1's: chains and concurrency
 SEEDS = range(4)
 MOVES = 5
@@ -101,6 +116,7 @@ class Command:
     force: str | None = None
     kill: str | None = None  # after the wanted-th new journal line of that event, "random"
     wanted: int = 1
+    within: float = 5.0  # ... or after this many seconds, whichever comes first
 
     def args(self) -> list[str]:
         return (["--resume"] if self.resume else []) + \
@@ -109,7 +125,7 @@ class Command:
     def __str__(self) -> str:
         killed = "" if self.kill is None else \
             " (SIGKILL at a random moment)" if self.kill == "random" else \
-            f" (SIGKILL after new {self.kill} line #{self.wanted})"
+            f" (SIGKILL after new {self.kill} line #{self.wanted}, or {self.within:.1f} s)"
         return "klingflow run " + " ".join(["pipe.yaml", *self.args()]) + killed
 
 
@@ -132,7 +148,7 @@ def draw_moves(rng: random.Random) -> list[Move]:
         force = rng.choice([None, None, None, None, "s0", "s1", "s2", "s3"])
         kill = rng.choice([None, *KILL_MOMENTS, *KILL_MOMENTS])  # killed 8 times in 9
         moves.append(Command(resume=rng.random() < 0.6, force=force, kill=kill,
-                             wanted=rng.randint(1, 2)))
+                             wanted=rng.randint(1, 3), within=rng.uniform(1.0, 6.0)))
     if not any(isinstance(move, DeleteRuns) for move in moves):
         moves.insert(rng.randint(1, MOVES - 1), DeleteRuns())
     return moves
@@ -186,10 +202,11 @@ class Outcome:
     command: Command
     generation: int  # how many times runs/ was deleted before it
     invocation: str | None = None  # the id its journal lines carry (None: it wrote none)
-    killed: bool = False
+    killed: str | None = None  # what set the SIGKILL off
     code: int | None = None
     report: dict | None = None
     stderr: str = ""
+    seconds: float = 0.0
 
     def forced(self) -> frozenset[str]:
         return forced_by(self.command.force) if self.command.force else frozenset()
@@ -200,7 +217,7 @@ class Outcome:
 
     def __str__(self) -> str:
         if self.killed:
-            ended = "killed"
+            ended = f"killed {self.killed}"
         elif self.report is None:
             ended = f"exit {self.code}, no report"
         else:
@@ -209,7 +226,7 @@ class Outcome:
             ended = (f"exit {self.code}, {totals['credits_charged']} credits, "
                      f"{totals['tasks_created']} tasks, run {totals['credits_charged_run']} "
                      f"credits: {steps}")
-        return f"{self.command}  [invocation {self.invocation}: {ended}]"
+        return f"{self.command}  [invocation {self.invocation}, {self.seconds:.1f} s: {ended}]"
 
 
 @dataclass(slots=True)
@@ -249,32 +266,43 @@ class Sequence:
         outcome = Outcome(command, self.generation)
         seen = invocations_in(self.runs)
         before = count_events(self.runs, command.kill) if command.kill else 0
+        started = time.monotonic()
         process = start_run(self.project, self.env, *command.args())
         if command.kill is not None:
             outcome.killed = self._kill(process, command, before)
         if not outcome.killed:
-            outcome.code, outcome.report, outcome.stderr = finish(process, HANG_SECONDS)
+            outcome.code, outcome.report, outcome.stderr = self._finish(process, command)
+        outcome.seconds = time.monotonic() - started
         new = invocations_in(self.runs) - seen
         assert len(new) <= 1, f"{command}: several invocations {new}\n{self.told()}"
         outcome.invocation = next(iter(new), None)
         self.outcomes.append(outcome)
         return outcome
 
-    def _kill(self, process: subprocess.Popen[str], command: Command, before: int) -> bool:
-        """SIGKILL at the command's moment; False if the run ended first."""
+    def _finish(self, process: subprocess.Popen[str],
+                command: Command) -> tuple[int, dict | None, str]:
+        try:
+            return finish(process, HANG_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise AssertionError(f"{command} hung for {HANG_SECONDS} s\n{self.told()}") from None
+
+    def _kill(self, process: subprocess.Popen[str], command: Command,
+              before: int) -> str | None:
+        """SIGKILL at the command's moment: what set it off; None if the run ended first."""
         if command.kill == "random":
-            return kill_at_a_random_moment(process, self.runs, self.rng)
-        deadline = time.monotonic() + HANG_SECONDS
+            killed = kill_at_a_random_moment(process, self.runs, self.rng)
+            return "at random" if killed else None
+        started = time.monotonic()
         while process.poll() is None:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise AssertionError(f"{command} hung\n{self.told()}")
+            waited = time.monotonic() - started
             if count_events(self.runs, command.kill or "") >= before + command.wanted:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-                return True
+                return _sigkill(process, f"after the line, {waited:.2f} s in")
+            if waited > command.within:
+                return _sigkill(process, f"at {command.within:.1f} s, before the line")
             time.sleep(0.005)
-        return False
+        return None
 
     def _keep_journals(self) -> None:
         for path in journal_files(self.runs):
@@ -299,6 +327,12 @@ class Sequence:
         return "the sequence:\n  " + "\n  ".join(self.story)
 
 
+def _sigkill(process: subprocess.Popen[str], why: str) -> str:
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return why
+
+
 @dataclass(frozen=True, slots=True)
 class Played:
     """A sequence played to its end, the ledger after it and the POSTs its journals hold."""
@@ -308,8 +342,14 @@ class Played:
     entries: list[dict]
     posts: dict[str, Post]
 
+    def post(self, entry: dict) -> Post:
+        """The POST that created the ledger's task `entry`."""
+        found = self.posts.get(entry["replyRef"])
+        assert found is not None, f"task {entry['task_id']}: no journal knows its POST"
+        return found
+
     def created_by(self, invocation: str | None) -> list[dict]:
-        return [e for e in self.entries if self.posts[e["replyRef"]].invocation == invocation]
+        return [e for e in self.entries if self.post(e).invocation == invocation]
 
     def told(self) -> str:
         tasks = "\n  ".join(f"task {e['task_id']}: {self.posts.get(e['replyRef'])}, "
@@ -343,16 +383,15 @@ def played(request: pytest.FixtureRequest,
 def second_payments(played: Played) -> list[str]:
     """Tasks that paid again for a request key (the module's docstring, point 2)."""
     forced = {o.invocation: o.forced() for o in played.sequence.outcomes if o.invocation}
-    posts = played.posts
     by_key: dict[str, list[dict]] = defaultdict(list)
     for entry in sorted(played.entries, key=lambda e: (e["created"], e["task_id"])):
-        by_key[posts[entry["replyRef"]].key].append(entry)
+        by_key[played.post(entry).key].append(entry)
     found = []
     for key, tasks in by_key.items():
         for index, task in enumerate(tasks):
-            post = posts[task["replyRef"]]
+            post = played.post(task)
             standing = [t for t in tasks[:index] if t["status"] != "failed"]
-            own = [t for t in standing if posts[t["replyRef"]].invocation == post.invocation]
+            own = [t for t in standing if played.post(t).invocation == post.invocation]
             if standing and (post.step not in forced.get(post.invocation, ()) or own):
                 found.append(f"task {task['task_id']} ({post.step}, invocation "
                              f"{post.invocation}) for key {key[:12]}, which tasks "
@@ -360,10 +399,10 @@ def second_payments(played: Played) -> list[str]:
     return found
 
 
-def charged_per_step(entries: list[dict], posts: Mapping[str, Post]) -> dict[str, int]:
+def charged_per_step(played: Played, entries: list[dict]) -> dict[str, int]:
     charged: dict[str, int] = defaultdict(int)
     for entry in entries:
-        charged[posts[entry["replyRef"]].step] += entry["credits"]
+        charged[played.post(entry).step] += entry["credits"]
     return dict(charged)
 
 
@@ -373,8 +412,8 @@ def created_in_run(played: Played, upto: int) -> list[dict]:
     outcomes = played.sequence.outcomes
     order = {o.invocation: n for n, o in enumerate(outcomes) if o.invocation}
     run_dir = outcomes[upto].run_dir()
-    return [e for e in played.entries if played.posts[e["replyRef"]].run_dir == run_dir
-            and order[played.posts[e["replyRef"]].invocation] <= upto]
+    return [e for e in played.entries if played.post(e).run_dir == run_dir
+            and order[played.post(e).invocation] <= upto]
 
 
 # ---- the properties ----------------------------------------------------------------
@@ -396,14 +435,14 @@ def test_each_invocation_reports_what_its_posts_were_charged(played: Played) -> 
         totals, steps = outcome.report["totals"], outcome.report["steps"]
         assert (totals["credits_charged"], totals["tasks_created"],
                 {s["id"]: s["charged_now"] for s in steps if s["charged_now"]}) == \
-            (sum(e["credits"] for e in mine), len(mine), charged_per_step(mine, played.posts)), \
+            (sum(e["credits"] for e in mine), len(mine), charged_per_step(played, mine)), \
             f"{outcome}\n{played.told()}"
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="a task whose POST left before a SIGKILL and whose `submitted` line "
-                   "never got written is re-attached by --resume as 'reattached' and never "
-                   "charged to the run (see the test below)", strict=False)
+@pytest.mark.xfail(reason="two bugs, pinned below: a task whose POST left just before a "
+                   "SIGKILL is re-attached and charged to nobody; recovering a lost POST "
+                   "adopts (and charges) a task an earlier run created", strict=False)
 def test_each_report_counts_every_task_its_run_directory_created(played: Played) -> None:
     for index, outcome in enumerate(played.sequence.outcomes):
         if outcome.report is None:
@@ -440,10 +479,12 @@ def test_a_task_created_just_before_a_sigkill_counts_in_the_run_totals(
         tmp_path: Path, sim_url: str) -> None:
     """SIGKILL after the service created a step's task and before the run journalled
     its task id leaves the journal with the step's `submitting` line and no `submitted`
-    line. That moment is a few milliseconds wide; the test makes it certain by killing
-    the run just after its `submitted` line and cutting that line off, which leaves
-    exactly the file such a kill leaves (the journal is append-only). The resume
-    re-attaches to the task (nothing is paid twice), but the run paid for it."""
+    line. That moment lasts the POST's round trip, or its recovery after a lost answer
+    (the property above met it in 8 sequences of 28); the test makes it
+    certain by killing the run just after its `submitted` line and cutting that line
+    off, which leaves exactly the file such a kill leaves (the journal is append-only).
+    The resume re-attaches to the task (nothing is paid twice), but the run paid for it,
+    and its report says it did not."""
     path = make_project(tmp_path, "cut", chain_steps(1))
     env = cli_env(sim_url, tmp_path)
     kill_after(start_run(path, env), "submitted", tmp_path / "runs")
@@ -458,3 +499,103 @@ def test_a_task_created_just_before_a_sigkill_counts_in_the_run_totals(
     assert (totals["credits_charged"], totals["tasks_created"]) == (0, 0)
     assert (totals["credits_charged_run"], totals["tasks_created_run"]) == (20, 1)
     assert (report["steps"][0]["credits"], report["steps"][0]["tasks"]) == (20, 1)
+
+
+class _Forwarder(BaseHTTPRequestHandler):
+    """Passes each request to the simulator, except the generation POSTs it must lose."""
+
+    server: LosingProxy
+
+    def do_GET(self) -> None:
+        self._answer(*self.server.forward("GET", self.path, self.headers, b""))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith(self.server.prefix + "/videos/") and self.server.lose():
+            self._answer(500, "application/json", json.dumps(SERVER_ERROR).encode())
+            return
+        self._answer(*self.server.forward("POST", self.path, self.headers, body))
+
+    def _answer(self, status: int, content_type: str, content: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class LosingProxy(ThreadingHTTPServer):
+    """A proxy on 127.0.0.1 before the simulator that answers the first `losses`
+    generation POSTs with the service's plain 500 and never passes them on: POSTs lost
+    on the way, that surely created nothing, though klingflow cannot know it."""
+
+    def __init__(self, sim_url: str, losses: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Forwarder)
+        self.origin, _, path = sim_url.partition("/v1/")
+        self.prefix = "/v1/" + path
+        self.losses = losses
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{self.prefix}"
+
+    def lose(self) -> bool:
+        with self._lock:
+            self.losses -= 1
+            return self.losses >= 0
+
+    def forward(self, method: str, path: str, headers: object,
+                body: bytes) -> tuple[int, str, bytes]:
+        wanted = {k: v for k, v in dict(headers).items()  # type: ignore[call-overload]
+                  if k.lower() in ("authorization", "content-type")}
+        reply = httpx.request(method, self.origin + path, headers=wanted, content=body,
+                              timeout=30)
+        return reply.status_code, reply.headers.get("content-type", ""), reply.content
+
+
+@contextlib.contextmanager
+def losing_proxy(sim_url: str, losses: int) -> Iterator[str]:
+    proxy = LosingProxy(sim_url, losses)
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield proxy.url
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+@pytest.mark.xfail(reason="bug: recovering a lost POST adopts a task it did not create: any "
+                   "task of the account with the same image and prompt created up to 10 s "
+                   "before the POST (RECOVERY_WINDOW_MS) that this run does not own",
+                   strict=True)
+@pytest.mark.parametrize("change", ["force", "duration"])
+def test_a_lost_post_is_never_answered_with_an_earlier_task(
+        tmp_path: Path, sim_url: str, change: str) -> None:
+    """A run pays for s0; seconds later another run asks for s0 again, with --force or
+    with a new duration, and its POST is lost (a 500 that created nothing). Recovery
+    must find that nothing was created and send the request again. The property above
+    met the --force case (an invocation charged 20 credits for a task an earlier run had
+    created, and the forced step got the old clip); with a new duration, the step would
+    get a 5 s clip for its 10 s request."""
+    path = make_project(tmp_path, "lost", chain_steps(1))
+    env = cli_env(sim_url, tmp_path)
+    assert finish(start_run(path, env))[0] == 0
+    before = {e["task_id"] for e in ledger(sim_url)}
+    extra = ["--force", "s0"]
+    if change == "duration":
+        path.write_text(pipeline_text("lost", [{**chain_steps(1)[0], "duration": 10}]))
+        extra = []
+    with losing_proxy(sim_url, losses=1) as proxy_url:
+        code, report, err = finish(start_run(path, {**env, "KLINGFLOW_API_BASE": proxy_url},
+                                             *extra))
+    assert code == 0, err
+    assert report is not None
+    new = [e for e in ledger(sim_url) if e["task_id"] not in before]
+    assert [(e["task_id"], e["duration"]) for e in new] == \
+        [(report["steps"][0]["task_id"], 10 if change == "duration" else 5)]
+    assert report["totals"]["credits_charged"] == new[0]["credits"]
