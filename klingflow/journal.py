@@ -32,6 +32,7 @@ class Submission:
     email: str | None
     at_ms: int
     task_id: int | None = None
+    invocation: str = ""  # the `klingflow run` that sent it
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,8 @@ class JournalState:
         elif kind == "submitting":
             self.submissions[step] = Submission(event["key"], event["reply_ref"],
                                                 event.get("account"), event.get("email"),
-                                                event["at_ms"])
+                                                event["at_ms"],
+                                                invocation=event.get("invocation", ""))
             self.attempts[step] = self.attempts.get(step, 0) + 1
             self.finished.pop(step, None)
         elif kind == "submitted" and step in self.submissions:
@@ -137,7 +139,7 @@ class Journal:
     def _append(self, event: Mapping[str, Any]) -> None:
         assert self._handle is not None
         stamp = {"invocation": self.invocation} if self.invocation else {}
-        line = json.dumps({**event, **stamp, "time": round(time.time(), 3)}, sort_keys=True)
+        line = json.dumps({**stamp, **event, "time": round(time.time(), 3)}, sort_keys=True)
         self._handle.write(line + "\n")
         self._handle.flush()
         self._written += 1

@@ -23,6 +23,7 @@ class StepKind:
     schema: str  # its definition in the pipeline schema's $defs
     price_model: Callable[[Mapping[str, object]], str]  # the `model` of its price key
     matches: tuple[tuple[str, str], ...]  # body field -> the task argument that echoes it
+    echoes: tuple[tuple[str, str], ...] = ()  # the same, compared when the task has it
 
     @property
     def endpoint_name(self) -> str:
@@ -42,13 +43,16 @@ FRAMES = StepKind(
     name="frames", endpoint="videos/image2video-frames",
     fields=("image", "image_tail", "prompt", "negative_prompt", "cfg_scale", "duration",
             "model_name", "mode", "enable_audio"),
-    schema="framesStep", price_model=_frames_model, matches=(("prompt", "prompt"),))
+    schema="framesStep", price_model=_frames_model, matches=(("prompt", "prompt"),),
+    echoes=(("duration", "duration"), ("negative_prompt", "negative_prompt"),
+            ("mode", "model_mode")))
 
 EFFECT = StepKind(
     name="effect", endpoint="videos/image2video-effects",
     fields=("effect", "image", "prompt", "mode"),
     schema="effectStep", price_model=_effect_model,
-    matches=(("prompt", "prompt"), ("effect", "special_effect")))
+    matches=(("prompt", "prompt"), ("effect", "special_effect")),
+    echoes=(("mode", "model_mode"),))
 
 KINDS: dict[str, StepKind] = {kind.name: kind for kind in (FRAMES, EFFECT)}
 

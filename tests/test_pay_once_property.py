@@ -28,12 +28,12 @@ the POST leaves, names its replyRef, request key, step and invocation. Checked:
 5. The sequence ends: `--resume` after it succeeds (within a few tries, since
    moderation may fail a step), each step with its own task from the ledger.
 
-Point 4 does not hold today, and point 3 can fail for the second of these two bugs;
-each is pinned by a deterministic test at the end of this file (xfail, strict):
+The property found two bugs, each now pinned by a deterministic test at the end of
+this file:
 - a task whose POST left just before a SIGKILL (a `submitting` line, no `submitted`
-  line) is re-attached by the resume and charged to nobody: run totals too low;
-- recovering a lost POST adopts a matching task an earlier run created (same image and
-  prompt, up to 10 s before): the invocation reports credits the service never charged.
+  line) was re-attached by the resume and charged to nobody: run totals too low;
+- recovering a lost POST adopted a matching task an earlier run created (same image and
+  prompt, up to 10 s before): the invocation reported credits the service never charged.
 
 Deleting the cache (KLINGFLOW_HOME) is not among the moves: with neither its cache nor
 its run directory, a run has nothing left to know its tasks by, and pays again by design.
@@ -440,9 +440,6 @@ def test_each_invocation_reports_what_its_posts_were_charged(played: Played) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="two bugs, pinned below: a task whose POST left just before a "
-                   "SIGKILL is re-attached and charged to nobody; recovering a lost POST "
-                   "adopts (and charges) a task an earlier run created", strict=False)
 def test_each_report_counts_every_task_its_run_directory_created(played: Played) -> None:
     for index, outcome in enumerate(played.sequence.outcomes):
         if outcome.report is None:
@@ -472,9 +469,6 @@ def sim_url() -> Iterator[str]:
         yield url
 
 
-@pytest.mark.xfail(reason="bug: a task re-attached from a `submitting` line with no "
-                   "`submitted` line is journalled as reattached and charged to nobody",
-                   strict=True)
 def test_a_task_created_just_before_a_sigkill_counts_in_the_run_totals(
         tmp_path: Path, sim_url: str) -> None:
     """SIGKILL after the service created a step's task and before the run journalled
@@ -558,21 +552,17 @@ class LosingProxy(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def losing_proxy(sim_url: str, losses: int) -> Iterator[str]:
+def losing_proxy(sim_url: str, losses: int) -> Iterator[LosingProxy]:
     proxy = LosingProxy(sim_url, losses)
     thread = threading.Thread(target=proxy.serve_forever, daemon=True)
     thread.start()
     try:
-        yield proxy.url
+        yield proxy
     finally:
         proxy.shutdown()
         proxy.server_close()
 
 
-@pytest.mark.xfail(reason="bug: recovering a lost POST adopts a task it did not create: any "
-                   "task of the account with the same image and prompt created up to 10 s "
-                   "before the POST (RECOVERY_WINDOW_MS) that this run does not own",
-                   strict=True)
 @pytest.mark.parametrize("change", ["force", "duration"])
 def test_a_lost_post_is_never_answered_with_an_earlier_task(
         tmp_path: Path, sim_url: str, change: str) -> None:
@@ -583,16 +573,16 @@ def test_a_lost_post_is_never_answered_with_an_earlier_task(
     created, and the forced step got the old clip); with a new duration, the step would
     get a 5 s clip for its 10 s request."""
     path = make_project(tmp_path, "lost", chain_steps(1))
-    env = cli_env(sim_url, tmp_path)
-    assert finish(start_run(path, env))[0] == 0
-    before = {e["task_id"] for e in ledger(sim_url)}
-    extra = ["--force", "s0"]
-    if change == "duration":
-        path.write_text(pipeline_text("lost", [{**chain_steps(1)[0], "duration": 10}]))
-        extra = []
-    with losing_proxy(sim_url, losses=1) as proxy_url:
-        code, report, err = finish(start_run(path, {**env, "KLINGFLOW_API_BASE": proxy_url},
-                                             *extra))
+    with losing_proxy(sim_url, losses=0) as proxy:  # one backend for both runs
+        env = cli_env(proxy.url, tmp_path)
+        assert finish(start_run(path, env))[0] == 0
+        before = {e["task_id"] for e in ledger(sim_url)}
+        extra = ["--force", "s0"]
+        if change == "duration":
+            path.write_text(pipeline_text("lost", [{**chain_steps(1)[0], "duration": 10}]))
+            extra = []
+        proxy.losses = 1
+        code, report, err = finish(start_run(path, env, *extra))
     assert code == 0, err
     assert report is not None
     new = [e for e in ledger(sim_url) if e["task_id"] not in before]

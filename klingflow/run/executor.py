@@ -86,6 +86,7 @@ class Executor:
                         spent=sum(self.planned[sid].credits or 0 for sid in prepaid
                                   if sid in self.planned))
         retrier, sharing = retrier or Retrier(), sharing or Sharing()
+        self._locked = sharing.locked
         patience = Patience(retrier, options.backoff)
         self._durations = Durations(cache.root / "durations.json")
         self._collector = Collector(client=client, run_dir=run_dir, cache=cache,
@@ -96,7 +97,7 @@ class Executor:
                           patience=patience)
         self._submitter = Submitter(
             accounts=self.accounts, prices={s.id: s.credits for s in plan.steps},
-            inflight=InFlightRecords(cache.root),
+            inflight=InFlightRecords(cache.root), known=self._known_tasks,
             client=client, journal=journal, slots=self._slots,
             uploads=uploads, collector=self._collector, resume=self._resume,
             patience=patience, retrier=retrier, urgency=urgency([s.step for s in plan.steps]),
@@ -113,6 +114,12 @@ class Executor:
     def _make_slots(self) -> Slots:
         total = self.options.max_jobs or self.pipeline.max_jobs
         return Slots({a.alias: a.max_jobs for a in self.accounts.values()}, total)
+
+    def _known_tasks(self, step_id: str, key: str) -> frozenset[int]:
+        """The tasks the cache and the lock hold for this request or step: other POSTs'."""
+        entry, locked = self.cache.lookup(key), self._locked.get(step_id)
+        return frozenset(task for task in (entry.task_id if entry else None,
+                                           locked.task_id if locked else None) if task)
 
     def _output_of(self, ref: Ref) -> Any:
         return self.results[ref.name].outputs[ref.attr or "video"]

@@ -34,16 +34,19 @@ class Recovery:
         self._claimed = claimed
 
     async def recover(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
-                      body: Mapping[str, Any] | None = None) -> int | None:
+                      body: Mapping[str, Any] | None = None, *,
+                      exclude: frozenset[int] = frozenset()) -> int | None:
         """The task a POST created, or None when it surely created none.
 
         Looks for its replyRef in GET scheduler, then for a matching task in GET
-        tasks. Until those answer, nothing is known, so it keeps asking (within
-        the step's timeout) rather than risk paying twice.
+        tasks: never one this run owns, nor one in `exclude` (the tasks the cache or the
+        lock already hold for this request: another POST's, which a --force must not
+        take for its own). Until those answer, nothing is known, so it keeps asking
+        (within the step's timeout) rather than risk paying twice.
         """
         try:
-            return await self._patience(
-                step.timeout, lambda: self._find_created(step, reply_ref, email, at_ms, body))
+            return await self._patience(step.timeout, lambda: self._find_created(
+                step, reply_ref, email, at_ms, body, self._claimed | exclude))
         except ApiError as exc:
             if not exc.retryable:
                 raise step_failure(exc) from exc
@@ -51,15 +54,15 @@ class Recovery:
                              f"(resume to try again): {exc}", unresolved=True) from exc
 
     async def _find_created(self, step: Step, reply_ref: str, email: str | None, at_ms: int,
-                            body: Mapping[str, Any] | None) -> int | None:
+                            body: Mapping[str, Any] | None, taken: set[int]) -> int | None:
         for entry in await self._client.scheduler():
-            if entry.reply_ref == reply_ref and entry.task_id not in self._claimed:
+            if entry.reply_ref == reply_ref and entry.task_id not in taken:
                 return entry.task_id
         if body is None:
             body = await self._uploads.body(step, email)
         since = at_ms - RECOVERY_WINDOW_MS
         for task in await self._client.list_tasks(email=email, created_after_ms=since):
-            if task.id not in self._claimed and matches(task, body, kind_of(step.kind)):
+            if task.id not in taken and matches(task, body, kind_of(step.kind)):
                 return task.id
         return None
 
@@ -71,5 +74,9 @@ def matches(task: Task, body: Mapping[str, Any], kind: StepKind) -> bool:
         return False
     for field_name, argument in kind.matches:
         if body.get(field_name) and task.arguments.get(argument) != body[field_name]:
+            return False
+    for field_name, argument in kind.echoes:  # only where the service echoes them
+        if argument in task.arguments and field_name in body and \
+                task.arguments[argument] != str(body[field_name]):
             return False
     return True

@@ -41,7 +41,7 @@ class Submitter:
     """Submits steps within their slots; returns each with a slot held for its task."""
 
     def __init__(self, *, accounts: Mapping[str, Account], prices: Mapping[str, int | None],
-                 inflight: InFlightRecords,
+                 inflight: InFlightRecords, known: Callable[[str, str], frozenset[int]],
                  client: KlingClient, journal: Journal,
                  slots: Slots, uploads: Uploads, collector: Collector, resume: Resume,
                  patience: Patience, retrier: Retrier, urgency: Mapping[str, float],
@@ -50,6 +50,7 @@ class Submitter:
         self._accounts = accounts
         self._prices = prices
         self._inflight = inflight
+        self._known = known  # (step, key) -> tasks of other POSTs: never recovered as ours
         self._owned: set[str] = set()  # keys whose in-flight record this run settles
         self._client = client
         self._journal = journal
@@ -106,13 +107,16 @@ class Submitter:
         task_id = None
         if sub.key == key:
             result.attempts = self._resume.attempts(step.id)
-            task_id = sub.task_id or await self._recovery.recover(step, sub.reply_ref, sub.email,
-                                                        sub.at_ms)
+            task_id = sub.task_id or await self._recovery.recover(
+                step, sub.reply_ref, sub.email, sub.at_ms, exclude=self._known(step.id, key))
         if task_id is None:
             self._resume.give_back(step.id)
             return None
+        # A task found by the POST's replyRef was created by that POST of this run
+        # directory (a kill came before its 'submitted' line): charged to its invocation.
         self._attach(step, result, key, task_id, sub.account, sub.email, sub.reply_ref,
-                     sub.at_ms, reattached=True)
+                     sub.at_ms, reattached=sub.task_id is not None,
+                     charged_to=sub.invocation or None)
         self._resume.adopt(step.id)
         return sub.account, sub.email, task_id
 
@@ -121,8 +125,9 @@ class Submitter:
         if record is None:
             return None
         self._owned.add(key)  # this run settles it now
-        task_id = record.task_id or await self._recovery.recover(step, record.reply_ref, record.email,
-                                                       record.at_ms)
+        task_id = record.task_id or await self._recovery.recover(
+            step, record.reply_ref, record.email, record.at_ms,
+            exclude=self._known(step.id, key))
         if task_id is None:
             self._inflight.done(key)  # its POST surely created nothing
             self._owned.discard(key)
@@ -202,7 +207,8 @@ class Submitter:
         try:
             task = await self._client.submit(endpoint_of(step), {**body, "replyRef": reply_ref})
         except (ServerError, TransportError) as unknown:
-            task_id = await self._recovery.recover(step, reply_ref, email, at_ms, body)
+            task_id = await self._recovery.recover(step, reply_ref, email, at_ms, body,
+                                                   exclude=self._known(step.id, key))
             if task_id is None:
                 return unknown
             task = await self._collector.get_task(step, task_id, email)
@@ -216,20 +222,25 @@ class Submitter:
 
     def _attach(self, step: Step, result: StepResult, key: str, task_id: int,
                 alias: str | None, email: str | None, reply_ref: str, at_ms: int, *,
-                reattached: bool = False) -> None:
-        """Record the task a step has: a new one (charged at its price) or one an
-        earlier POST created (re-attached: charged then, not now)."""
+                reattached: bool = False, charged_to: str | None = None) -> None:
+        """Record the task a step has: a new one (charged at its price, to this invocation
+        or to `charged_to`, the one whose POST made it) or one whose charge is already
+        recorded (re-attached)."""
         self._claimed.add(task_id)
         self._inflight.created(key, task_id)
         self._owned.add(key)
         self._submitted_at[step.id] = at_ms / 1000
         result.task_id, result.account = task_id, alias
         result.submitted_at = result.submitted_at or time.time()
-        charge = {"reattached": True} if reattached else {"credits": self._prices.get(step.id)}
+        charge: dict[str, object] = {"reattached": True} if reattached else \
+            {"credits": self._prices.get(step.id)}
+        if charged_to and not reattached:
+            charge["invocation"] = charged_to
         self._journal.write({"event": "submitted", "step": step.id, "task_id": task_id,
                              "account": alias, "email": email, "reply_ref": reply_ref,
                              **charge})
-        self._on_event(Event(step.id, "re-attached" if reattached else "submitted",
+        found = reattached or charged_to is not None  # an earlier POST's task
+        self._on_event(Event(step.id, "re-attached" if found else "submitted",
                              f"task {task_id}"))
 
     async def _wait_rate_limit(self, step: Step, busy: Backoff,
