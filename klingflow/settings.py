@@ -24,8 +24,6 @@ TOKEN_VARIABLE = "USEAPI_TOKEN"
 API_BASE_VARIABLE = "KLINGFLOW_API_BASE"
 HOME_VARIABLE = "KLINGFLOW_HOME"
 CLAIM_TTL_VARIABLE = "KLINGFLOW_CLAIM_TTL"
-SIM_BACKOFF = 0.2
-REAL_BACKOFF = 15.0
 REAL_POLL_FLOOR = 5.0
 SIM_POLL_FLOOR = 0.05  # simulated tasks take seconds
 
@@ -171,15 +169,20 @@ class Settings:
 
     @property
     def backoff(self) -> float:
-        """The base of the waits after a 429 or a lost POST."""
-        return SIM_BACKOFF if self.sim is not None else REAL_BACKOFF
+        """The base of the waits after a 429 or a lost POST: twice the shortest wait
+        between polls (10 s by default, as useapi.net's own examples wait after a 429)."""
+        return 2 * self._poll_floor
+
+    @property
+    def _poll_floor(self) -> float:
+        if self.run.poll_interval:
+            return self.run.poll_interval
+        return SIM_POLL_FLOOR if self.sim is not None else REAL_POLL_FLOOR
 
     @property
     def poll(self) -> PollPolicy:
         """Polls near each task's expected end, never closer than `--poll-interval`."""
-        if self.run.poll_interval:
-            return PollPolicy.scaled(self.run.poll_interval)
-        return PollPolicy.scaled(SIM_POLL_FLOOR if self.sim is not None else REAL_POLL_FLOOR)
+        return PollPolicy.scaled(self._poll_floor)
 
     def cache_root(self, pipeline_path: Path) -> Path:
         """KLINGFLOW_HOME, else `.klingflow/` beside the pipeline."""

@@ -31,6 +31,7 @@ from tests.runhelpers import (
 __all__ = ["isolated"]
 
 ACCOUNTS = [("a@example.com", 2), ("b@example.com", 2)]
+FAST = ("--poll-interval", "0.05")  # the simulator's timescale, on a real backend's URL
 
 
 def two_pipelines(folder: Path) -> tuple[Path, Path]:
@@ -45,11 +46,11 @@ def test_resuming_another_pipelines_run_directory_is_refused_and_sends_nothing(
     x, y = two_pipelines(isolated / "p")
     runs = isolated / "runs"
     with external_sim(monkeypatch, SimConfig(accounts=ACCOUNTS)) as sim:
-        assert run_cli(["run", str(x), "--out", str(runs)], capsys)[0] == 0
+        assert run_cli(["run", str(x), "--out", str(runs), *FAST], capsys)[0] == 0
         x_dir = only_run_dir(runs, "x")
         report = (x_dir / "report.json").read_text()
-        code, out, err = run_cli(["run", str(y), "--out", str(runs), "--resume", str(x_dir)],
-                                 capsys)
+        code, out, err = run_cli(["run", str(y), "--out", str(runs), "--resume", str(x_dir),
+                                  *FAST], capsys)
         assert (code, out) == (2, "")
         assert err == (f"klingflow: --resume {x_dir}: that run directory belongs to pipeline "
                        "x, not y; nothing was sent. Resume it with its own pipeline, or start "
@@ -65,7 +66,7 @@ def test_resuming_from_another_file_of_the_same_name_is_refused(
     second = write_pipeline(isolated / "second", "same", [frames_step("one", "a")])
     runs = isolated / "runs"
     with external_sim(monkeypatch, SimConfig(accounts=ACCOUNTS)):
-        assert run_cli(["run", str(first), "--out", str(runs)], capsys)[0] == 0
+        assert run_cli(["run", str(first), "--out", str(runs), *FAST], capsys)[0] == 0
         run_dir = only_run_dir(runs, "same")
         code, _, err = run_cli(["run", str(second), "--out", str(runs), "--resume",
                                 str(run_dir)], capsys)
@@ -124,7 +125,8 @@ def test_a_simulated_run_never_replaces_the_real_lock(
                                                      frames_step("two", "b")])
     lock = path.with_name("locked.lock.yaml")
     with external_sim(monkeypatch, SimConfig(accounts=ACCOUNTS)) as real:
-        assert run_cli(["run", str(path), "--out", str(isolated / "runs")], capsys)[0] == 0
+        assert run_cli(["run", str(path), "--out", str(isolated / "runs"), *FAST],
+                       capsys)[0] == 0
         real_section = yaml.safe_load(lock.read_text())["backends"][f"api:{real.base_url}"]
         path.write_text(path.read_text().replace("prompt: b", "prompt: forbidden b"))
         code = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs")], capsys)[0]
