@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ("tests.s3server",)  # the `s3` fixture: a real S3 server on 127.0.0.1
+# Fixtures every test file can use: `s3` (a real S3 server on 127.0.0.1) and
+# `isolated` (a clean home, no token, the working directory in tmp).
+pytest_plugins = ("tests.s3server", "tests.runhelpers")
 
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINES = ROOT / "pipelines"

@@ -12,9 +12,7 @@ import pytest
 from klingflow import media
 from klingflow.cli import main
 from klingflow.errors import UsageError
-from tests.runhelpers import frames_step, isolated, only_run_dir, run_cli, write_pipeline
-
-__all__ = ["isolated"]
+from tests.runhelpers import frames_step, only_run_dir, run_cli, write_pipeline
 
 FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
 BUG_HINT = "Run again with --traceback to see where.\n"

@@ -22,15 +22,12 @@ from tests.runhelpers import (
     ROOT,
     external_sim,
     frames_step,
-    isolated,
     only_run_dir,
     read_journal,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 SECRET = "user:4242-fake-GREPME-6f1d0c-token"
 GIVEN = SECRET + "\r\n"  # as a CRLF .env file gives it

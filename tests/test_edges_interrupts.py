@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runhelpers import ROOT, frames_step, isolated, write_pipeline
-
-__all__ = ["isolated"]
+from tests.runhelpers import ROOT, frames_step, write_pipeline
 
 FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
 DRIVER = """

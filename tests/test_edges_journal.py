@@ -12,15 +12,12 @@ import pytest
 from klingflow.journal import Journal
 from tests.runhelpers import (
     frames_step,
-    isolated,
     only_run_dir,
     read_journal,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
 RUN_LINE = b'{"backend": "sim", "event": "run", "pipeline": "journal", "time": 1.0}\n'

@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from klingflow.cli import main
-from tests.runhelpers import frames_step, isolated, run_cli, write_pipeline
-
-__all__ = ["isolated"]
+from tests.runhelpers import frames_step, run_cli, write_pipeline
 
 RUN_USAGE_ERROR = "klingflow run: error: argument {option}: {message}\n"
 SERVE_USAGE_ERROR = "klingflow sim serve: error: argument {option}: {message}\n"

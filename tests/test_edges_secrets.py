@@ -22,14 +22,11 @@ from klingflow.sim import SimConfig, running_simulator
 from tests.runhelpers import (
     external_sim,
     frames_step,
-    isolated,
     only_run_dir,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 SECRET = "user:77-fake-EDGES-secret-token"
 HINT = "set USEAPI_TOKEN to the useapi.net API token alone"

@@ -10,9 +10,7 @@ import pytest
 from klingflow.catalogue import Catalogue, load_catalogue
 from klingflow.sim import SimConfig
 from klingflow.sim.catalogue import CATALOGUE, SimEffect
-from tests.runhelpers import external_sim, isolated, run_cli
-
-__all__ = ["isolated"]
+from tests.runhelpers import external_sim, run_cli
 
 NO_TOKEN = ("klingflow: no API token: set USEAPI_TOKEN to your useapi.net token to spend real "
             "credits, or add --sim to run on the embedded simulator\n")

@@ -22,14 +22,11 @@ from tests.conftest import EXAMPLE_FILES, ROOT
 from tests.runhelpers import (
     copy_examples,
     frames_step,
-    isolated,
     only_run_dir,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 WITH_OUTPUTS = [p.name for p in EXAMPLE_FILES if load_pipeline(p).outputs]
 FAST = ["--sim-speed", "20"]

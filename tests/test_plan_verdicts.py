@@ -10,14 +10,11 @@ import pytest
 
 from tests.runhelpers import (
     frames_step,
-    isolated,
     read_report,
     run_cli,
     steps_of,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 
 def _plan(path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, tuple[str, str | None]]:

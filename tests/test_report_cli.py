@@ -14,7 +14,6 @@ from klingflow.report import format_report
 from klingflow.report.load import find_run_dir
 from tests.runhelpers import (
     frames_step,
-    isolated,
     only_run_dir,
     read_report,
     run_cli,
@@ -22,7 +21,6 @@ from tests.runhelpers import (
 )
 from tests.test_report_html import _report
 
-__all__ = ["isolated"]
 FAST = ["--sim-speed", "20"]
 
 

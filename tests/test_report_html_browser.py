@@ -17,14 +17,11 @@ import yaml
 from tests.conftest import ROOT
 from tests.runhelpers import (
     frames_step,
-    isolated,
     only_run_dir,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

@@ -22,15 +22,12 @@ from tests.runhelpers import (
     copy_examples,
     external_sim,
     frames_step,
-    isolated,
     only_run_dir,
     read_journal,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 SECRET = "user:42-fake-TOPSECRET-klingflow-token"
 

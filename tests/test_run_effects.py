@@ -10,10 +10,8 @@ import yaml
 
 from klingflow.catalogue import Catalogue, EffectEntry, keep_catalogue
 from klingflow.sim import SimConfig
-from tests.runhelpers import external_sim, isolated, only_run_dir, read_report, run_cli
+from tests.runhelpers import external_sim, only_run_dir, read_report, run_cli
 from tests.test_effects_cli import HERO, URL, effect, fetched, write
-
-__all__ = ["isolated"]
 
 
 def test_run_on_the_simulator_stops_on_a_bad_effect_before_any_work(

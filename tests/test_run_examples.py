@@ -20,15 +20,12 @@ from tests.conftest import EXAMPLE_FILES
 from tests.runhelpers import (
     PIPELINES,
     copy_examples,
-    isolated,
     mean_abs_diff,
     only_run_dir,
     read_report,
     run_cli,
     steps_of,
 )
-
-__all__ = ["isolated"]
 
 EXAMPLES = [p.name for p in EXAMPLE_FILES]
 SEAM_TOLERANCE = 6.0  # mean abs difference per channel (0..255): H.264 loss, not another picture

@@ -16,15 +16,12 @@ from klingflow.sim import SimConfig
 from tests.runhelpers import (
     external_sim,
     frames_step,
-    isolated,
     only_run_dir,
     read_report,
     run_cli,
     steps_of,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 NO_TOKEN = ("klingflow: no API token: set USEAPI_TOKEN to your useapi.net token to spend real "
             "credits, or add --sim to run on the embedded simulator\n")

@@ -20,15 +20,12 @@ from tests.runhelpers import (
     copy_examples,
     external_sim,
     frames_step,
-    isolated,
     only_run_dir,
     read_journal,
     read_report,
     run_cli,
     write_pipeline,
 )
-
-__all__ = ["isolated"]
 
 ACCOUNTS = [("a@example.com", 2), ("b@example.com", 2)]
 FAST = ("--poll-interval", "0.05")  # the simulator's timescale, on a real backend's URL

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.runhelpers import isolated, only_run_dir, read_journal, run_cli
-
-__all__ = ["isolated"]
+from tests.runhelpers import only_run_dir, read_journal, run_cli
 
 
 def test_a_phone_mpo_is_uploaded_as_a_jpeg(isolated: Path,
