@@ -7,13 +7,25 @@ to the same service, as after a crash or on the next day.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 
 from klingflow.journal import Journal
+from klingflow.runner import SIM_TOKEN
 from klingflow.sim import SimConfig
-from tests.runhelpers import frames_step, run_in_process, write_pipeline
+from klingflow.sim.config import DEFAULT_ACCOUNT
+from tests.runhelpers import (
+    external_sim,
+    frames_step,
+    only_run_dir,
+    read_report,
+    run_cli,
+    run_in_process,
+    steps_of,
+    write_pipeline,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -63,3 +75,57 @@ async def test_a_run_whose_directory_was_deleted_re_attaches_instead_of_paying(
     assert len(again.ledger) == 1
     assert (tmp_path / "runs" / "cache" / "inflight").is_dir()
     assert list((tmp_path / "runs" / "cache" / "inflight").iterdir()) == []  # settled
+
+
+
+def test_a_video_that_cannot_be_downloaded_is_collected_by_a_resume_not_paid_again(
+        isolated: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_pipeline(isolated / "p", "expired", [frames_step("shot", "a lighthouse")])
+    fast = ["--sim", "--sim-speed", "10", "--out", str(isolated / "runs"),
+            "--poll-interval", "0.01"]
+    code, out, err = run_cli(["run", str(path), *fast, "--sim-faults", "expire=1"], capsys)
+    run_dir = only_run_dir(isolated / "runs", "expired")
+    report = read_report(run_dir)
+    shot = steps_of(report)["shot"]
+    assert (code, shot["status"], shot["error_category"]) == (1, "failed", "download")
+    assert shot["error"].startswith(f"task {shot['task_id']} is done and paid for, but its "
+                                    "video could not be downloaded (GET http://127.0.0.1:")
+    assert shot["error"].endswith(": HTTP 403: Forbidden); run again with --resume to "
+                                  "collect it at no cost")
+    assert report["totals"]["credits_refundable"] == 0  # it succeeded: nothing to refund
+    assert "refund" not in out
+
+    code, out, err = run_cli(["run", str(path), *fast, "--resume"], capsys)
+    again = steps_of(read_report(run_dir))["shot"]
+    assert (code, again["status"], again["task_id"]) == (0, "succeeded", shot["task_id"])
+    assert f"shot re-attached: task {shot['task_id']}" in err
+    service = SimConfig(token=SIM_TOKEN, accounts=[DEFAULT_ACCOUNT],
+                        state_dir=path.parent / ".klingflow-sim")
+    with external_sim(monkeypatch, service) as sim:
+        assert [t["task_id"] for t in sim.ledger()] == [shot["task_id"]]  # paid once
+
+
+def test_a_task_past_its_timeout_is_collected_by_a_resume_not_paid_again(
+        isolated: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_pipeline(isolated / "p", "slow", [
+        frames_step("shot", "a lighthouse", timeout=0.3)])  # the simulated task takes 2 s
+    fast = ["--sim", "--out", str(isolated / "runs"), "--poll-interval", "0.05"]
+    code = run_cli(["run", str(path), *fast], capsys)[0]
+    run_dir = only_run_dir(isolated / "runs", "slow")
+    shot = steps_of(read_report(run_dir))["shot"]
+    assert (code, shot["status"], shot["error_category"]) == (1, "failed", "timeout")
+    assert shot["error"] == (f"task {shot['task_id']} was not done after 0.3 s (the step's "
+                             "timeout); it is paid for: run again with --resume later to "
+                             "collect it at no cost")
+    time.sleep(2.5)  # the service finishes it meanwhile
+
+    code, _, err = run_cli(["run", str(path), *fast, "--resume"], capsys)
+    again = steps_of(read_report(run_dir))["shot"]
+    assert (code, again["status"], again["task_id"]) == (0, "succeeded", shot["task_id"])
+    assert f"shot re-attached: task {shot['task_id']}" in err
+    service = SimConfig(token=SIM_TOKEN, accounts=[DEFAULT_ACCOUNT],
+                        state_dir=path.parent / ".klingflow-sim")
+    with external_sim(monkeypatch, service) as sim:
+        assert [t["task_id"] for t in sim.ledger()] == [shot["task_id"]]  # paid once

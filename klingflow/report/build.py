@@ -16,6 +16,7 @@ from klingflow.files import write_atomically
 from klingflow.plan import PlannedStep
 from klingflow.report.model import RunReport
 from klingflow.run import StepResult, StepStatus
+from klingflow.run.results import FAILED_AT_THE_SERVICE
 from klingflow.spec.pipeline import Pipeline
 
 REPORT_FORMAT = 1
@@ -73,7 +74,8 @@ def _totals(results: Mapping[str, StepResult]) -> dict[str, Any]:
         "credits_charged": charged_now,
         "credits_charged_run": sum(r.credits for r in steps),
         "credits_saved": saved,
-        "credits_refundable": sum(r.credits for r in steps if r.status == StepStatus.FAILED),
+        "credits_refundable": sum(r.credits for r in steps if r.status == StepStatus.FAILED
+                                  and r.error_category in FAILED_AT_THE_SERVICE),
         "credits_unknown": [r.step_id for r in steps if r.price_unknown],
         "credits_by_account": dict(by_account),
         "tasks_created": sum(r.tasks_now for r in steps),

@@ -19,9 +19,10 @@ from klingflow.run.results import OUTPUT_FILES, OutputFile, StepFailed, StepResu
 from klingflow.run.waiting import Patience
 from klingflow.spec.pipeline import Step
 
-DOWNLOADS = RetryPolicy(attempts=4, base=0.5, cap=5.0, retryable=lambda error: isinstance(
+DOWNLOADS = RetryPolicy(attempts=8, base=0.5, cap=10.0, retryable=lambda error: isinstance(
     error, NotFoundError | TransportError | ServerError))
-"""A download that fails is tried again (with a fresh signed URL) up to 4 times."""
+"""A download that fails is tried again (with a fresh signed URL) up to 8 times, about a
+minute in all: the task is paid for, so it is worth the wait."""
 
 
 class Collector:
@@ -59,7 +60,9 @@ class Collector:
             now = self._clock()
             if now > deadline:
                 raise StepFailed("timeout", f"task {task.id} was not done after "
-                                 f"{step.timeout:g} s (the step's timeout)")
+                                 f"{step.timeout:g} s (the step's timeout); it is paid for: "
+                                 "run again with --resume later to collect it at no cost",
+                                 unresolved=True)
             eta_end = _eta_end(expected, now - since, task.eta_ms)
             wait = self._poll.next_wait(now - since, expected, eta_end)
             await self._sleep(min(wait, max(0.0, deadline - now) + 0.001))
@@ -101,8 +104,10 @@ class Collector:
                 try:
                     await backoff.wait(exc)
                 except RetriesExhausted:
-                    raise StepFailed("download", f"could not download task {task.id}'s "
-                                     f"video: {exc}") from exc
+                    raise StepFailed("download", f"task {task.id} is done and paid for, but "
+                                     f"its video could not be downloaded ({exc}); run again "
+                                     "with --resume to collect it at no cost",
+                                     unresolved=True) from exc
                 task = await self.get_task(step, task.id, email)
 
     def path_of(self, step: Step, attr: str) -> Path:

@@ -77,6 +77,11 @@ class Event:
     detail: str = ""
 
 
+FAILED_AT_THE_SERVICE = frozenset({"moderation", "generation_failed"})
+"""Failure categories of a step whose task itself failed: the service may refund it.
+(A task that succeeded but could not be downloaded or kept here is not refundable.)"""
+
+
 class StepFailed(KlingflowError):
     """A step that cannot succeed in this run. `unresolved`: a POST of it may have
     created a task that could not be found yet; a resume must look again first."""
