@@ -2,7 +2,7 @@
 no run directory from a run that recorded nothing (issue 9, polish).
 
 Each test runs klingflow in a child process (a real SIGINT), through a small driver
-that says when `main()` is about to start: the interpreter's own start-up, and its
+that says when `main()` has started: the interpreter's own start-up, and its
 exit after `main()` has returned (where Python restores the default handler, so the
 process ends by the signal, which a shell shows as 130), are beyond any program.
 """
@@ -23,10 +23,14 @@ from tests.runhelpers import ROOT, frames_step, write_pipeline
 FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
 DRIVER = """
 import os, signal, sys
-from klingflow.cli import main
+from klingflow import cli
 {patch}
-print("ready", flush=True)
-sys.exit(main(sys.argv[1:]))
+build_parser = cli._build_parser
+def ready_then_build_parser():  # the first thing main() does, inside its handling
+    print("ready", flush=True)
+    return build_parser()
+cli._build_parser = ready_then_build_parser
+sys.exit(cli.main(sys.argv[1:]))
 """
 SIGINT_DURING_LOCK_WRITE = """
 real_fsync = os.fsync
