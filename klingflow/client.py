@@ -23,6 +23,7 @@ import httpx
 from klingflow.errors import (
     ApiError,
     BadRequestError,
+    ForbiddenError,
     ModerationError,
     NotFoundError,
     PaymentRequiredError,
@@ -156,7 +157,9 @@ def _kind_of(status: int, error_text: str, message: str) -> tuple[type[ApiError]
         return UnauthorizedError, f"{error_text}: check USEAPI_TOKEN"
     if status == 402:
         return PaymentRequiredError, f"{error_text}: the useapi.net subscription is missing"
-    if status in (403, 404):
+    if status == 403:
+        return ForbiddenError, error_text
+    if status == 404:
         return NotFoundError, error_text
     if status == 429:
         return RateLimitedError, error_text
@@ -277,7 +280,7 @@ class KlingClient:
     async def download(self, url: str, dest: Path) -> None:
         """Stream a result file to `dest` (written whole or not at all).
 
-        A signed URL that expired answers 403: `NotFoundError` - fetch the task again.
+        A signed URL that expired answers 403: `ForbiddenError` - fetch the task again.
         """
         part = dest.with_name(dest.name + ".part")
         try:

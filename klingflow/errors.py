@@ -132,6 +132,11 @@ class NotFoundError(ApiError):
     """404: an asset Kling cannot find (POST) or a task that is gone (poll)."""
 
 
+class ForbiddenError(ApiError):
+    """403: a signed result URL that expired (fetch the task again for a fresh one).
+    Undocumented elsewhere: it never says that a task is gone."""
+
+
 class RateLimitedError(ApiError):
     """429: every eligible account is busy. Wait (Retry-After if given) and try again."""
 
@@ -172,6 +177,7 @@ _CATEGORIES: dict[type, str] = {
     UnauthorizedError: "unauthorized",
     PaymentRequiredError: "payment_required",
     NotFoundError: "not_found",
+    ForbiddenError: "forbidden",
     RateLimitedError: "rate_limited",
     ModerationError: "moderation",
     ServerError: "server_error",

@@ -45,7 +45,7 @@ FRAMES = StepKind(
             "model_name", "mode", "enable_audio"),
     schema="framesStep", price_model=_frames_model, matches=(("prompt", "prompt"),),
     echoes=(("duration", "duration"), ("negative_prompt", "negative_prompt"),
-            ("mode", "model_mode")))
+            ("mode", "model_mode"), ("model_name", "kling_version")))
 
 EFFECT = StepKind(
     name="effect", endpoint="videos/image2video-effects",

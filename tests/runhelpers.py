@@ -29,6 +29,7 @@ from klingflow.plan import build_plan
 from klingflow.policy import PollPolicy, Retrier
 from klingflow.run import Executor, RunOptions, StepResult
 from klingflow.run.preflight import service_accounts
+from klingflow.run.sources import Sharing
 from klingflow.sim import SimConfig, create_app, running_simulator, sim_transport
 from klingflow.spec import load_pipeline
 
@@ -193,7 +194,8 @@ class InProcessRun:
 async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, *,
                          options: RunOptions | None = None,
                          transport_wrapper: Any = None,
-                         prior: JournalState | None = None) -> InProcessRun:
+                         prior: JournalState | None = None,
+                         sharing: Sharing | None = None) -> InProcessRun:
     """Run a pipeline with the real Executor against the simulator's app, in this process."""
     pipeline = load_pipeline(pipeline_path)
     plan = build_plan(pipeline)
@@ -211,7 +213,7 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
         executor = Executor(pipeline=pipeline, plan=plan, client=client, accounts=accounts,
                             run_dir=run_dir, journal=journal,
                             cache=Cache(run_dir.parent / "cache"), options=options,
-                            prior=prior)
+                            prior=prior, sharing=sharing)
         results = await executor.run()
         service = app.state.sim  # read while the app lives: a durable one closes its db after
         ledger, stats = service.ledger(), service.stats()

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from klingflow.client import KlingClient
-from klingflow.errors import NotFoundError, RequestNotSentError, TransportError
+from klingflow.errors import ForbiddenError, RequestNotSentError, TransportError
 from klingflow.settings import ApiToken, Settings
 from klingflow.sim import SimConfig, running_simulator
 from tests.runhelpers import (
@@ -191,7 +191,7 @@ SIGNED = "https://cdnuser:s3cret-pw@cdn.example.com/v/12.mp4?X-Amz-Signature=s3c
 
 @pytest.mark.anyio
 @pytest.mark.parametrize(("status", "kind", "text"), [
-    (403, NotFoundError, "HTTP 403: Request has expired"),
+    (403, ForbiddenError, "HTTP 403: Request has expired"),
     (None, TransportError, "no response: ConnectError: [Errno 111] Connection refused"),
 ])
 async def test_a_signed_media_url_is_shown_without_its_credentials(

@@ -3,6 +3,7 @@ scripted service (no HTTP), with time made instant."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import pytest
 from klingflow.client import SchedulerEntry, Task
 from klingflow.errors import ServerError, UnauthorizedError
 from klingflow.journal import Journal, JournalState
+from klingflow.kinds import kind_of
 from klingflow.plan import build_plan
 from klingflow.policy import Retrier
-from klingflow.run.recovery import Recovery
+from klingflow.run.recovery import Recovery, matches
 from klingflow.run.results import RunAborted, StepFailed
 from klingflow.run.resume import Resume
 from klingflow.run.scheduling import Slots
@@ -131,3 +133,19 @@ async def test_a_refused_token_during_recovery_stops_the_run(tmp_path: Path) -> 
     found, step = submitter(tmp_path, service)
     with pytest.raises(RunAborted):
         await found.recover(step, "mine", None, 50_000, BODY)
+
+
+def echoing(**arguments: str) -> Task:
+    return replace(task(1), arguments={"prompt": "a lighthouse", **arguments})
+
+
+@pytest.mark.parametrize(("arguments", "found"), [
+    ({"kling_version": "3.0"}, True),
+    ({"kling_version": "3.0-turbo"}, True),  # a variant may be echoed, or not
+    ({"kling_version": "2.1"}, False),  # another model's task with the same inputs
+    ({"tail_image_enabled": "true"}, False),  # a task with an end frame not asked for
+    ({}, True),  # nothing echoed: nothing to tell them apart by
+])
+def test_recovery_tells_tasks_of_other_models_and_end_frames_apart(
+        arguments: dict[str, str], found: bool) -> None:
+    assert matches(echoing(**arguments), BODY, kind_of("frames")) is found

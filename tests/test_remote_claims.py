@@ -404,3 +404,20 @@ async def test_read_only_a_stale_holder_is_left_in_place_and_its_task_handed_on(
     assert (got.previous.task_id, got.previous.owner.host) == (31, "host-a")
     assert sum(ci.time.slept) >= TTL
     assert stored_claim(store)["owner"]["host"] == "host-a"  # type: ignore[index]
+
+
+class Unresolved(Exception):
+    """As run.results.StepFailed(..., unresolved=True): a task paid for, not collected."""
+
+    unresolved = True
+
+
+async def test_a_paid_task_that_was_not_collected_keeps_its_claim_for_a_taker(store) -> None:
+    a = Machine(store, "a")
+    with pytest.raises(Unresolved):
+        async with a.board.claim(KEY, step="launch", serve=a.remote.serve) as got:
+            assert isinstance(got, Lease)
+            await _advance(got, "submitted")
+            raise Unresolved("its clip could not be downloaded")
+    assert has_claim(store)
+    assert stored_claim(store)["task_id"] is not None  # what a taker re-attaches to

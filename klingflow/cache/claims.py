@@ -361,7 +361,10 @@ def _shown(holder: ClaimState | None) -> tuple[Any, ...] | None:
 
 
 def _keep_after(exc: BaseException, state: str) -> bool:
-    """Whether a claim outlives its body's failure: a POST whose outcome is unknown,
-    or an interrupted one that may have made a task, is for a taker to recover."""
+    """Whether a claim outlives its body's failure: a POST whose outcome is unknown, an
+    interrupted one that may have made a task, or a task that is paid for but was not
+    collected (the error says `unresolved`, as run.results.StepFailed does) is for a
+    taker to recover; it re-attaches to the task the claim names."""
     interrupted = isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
-    return state == SUBMITTING or (interrupted and state == SUBMITTED)
+    unresolved = bool(getattr(exc, "unresolved", False))
+    return state == SUBMITTING or (state == SUBMITTED and (interrupted or unresolved))

@@ -12,15 +12,21 @@ import anyio
 from klingflow import media
 from klingflow.cache import Cache, CacheEntry
 from klingflow.client import KlingClient, Task
-from klingflow.errors import ApiError, NotFoundError, ServerError, TransportError
+from klingflow.errors import ApiError, ForbiddenError, NotFoundError, ServerError, TransportError
 from klingflow.files import sha256_file
 from klingflow.policy import PollPolicy, Retrier, RetriesExhausted, RetryPolicy
-from klingflow.run.results import OUTPUT_FILES, OutputFile, StepFailed, StepResult, step_failure
+from klingflow.run.results import (
+    OUTPUT_FILES,
+    OutputFile,
+    StepFailed,
+    StepResult,
+    task_read_failure,
+)
 from klingflow.run.waiting import Patience
 from klingflow.spec.pipeline import Step
 
 DOWNLOADS = RetryPolicy(attempts=8, base=0.5, cap=10.0, retryable=lambda error: isinstance(
-    error, NotFoundError | TransportError | ServerError))
+    error, ForbiddenError | NotFoundError | TransportError | ServerError))
 """A download that fails is tried again (with a fresh signed URL) up to 8 times, about a
 minute in all: the task is paid for, so it is worth the wait."""
 
@@ -46,10 +52,8 @@ class Collector:
         try:
             return await self._patience(step.timeout,
                                         lambda: self._client.get_task(task_id, email=email))
-        except NotFoundError as gone:
-            raise StepFailed("not_found", f"task {task_id} is gone: {gone}") from gone
         except ApiError as exc:
-            raise step_failure(exc) from exc
+            raise task_read_failure(exc, task_id) from exc
 
     async def wait_final(self, step: Step, task: Task, email: str | None, *, since: float,
                          expected: float | None) -> Task:
@@ -72,12 +76,10 @@ class Collector:
     async def _poll_once(self, task: Task, email: str | None) -> Task:
         try:
             return await self._client.get_task(task.id, email=email)
-        except NotFoundError as gone:
-            raise StepFailed("not_found", f"task {task.id} is gone: {gone}") from gone
         except ApiError as exc:
-            if exc.retryable:
+            if exc.retryable or isinstance(exc, ForbiddenError):
                 return task  # the client's own retries are used up: try at the next poll
-            raise step_failure(exc) from exc
+            raise task_read_failure(exc, task.id) from exc
 
     async def collect(self, step: Step, result: StepResult, task: Task,
                       email: str | None) -> None:
@@ -100,7 +102,7 @@ class Collector:
             try:
                 await self._client.download(task.video.url, dest)
                 return
-            except (NotFoundError, TransportError, ServerError) as exc:
+            except (ForbiddenError, NotFoundError, TransportError, ServerError) as exc:
                 try:
                     await backoff.wait(exc)
                 except RetriesExhausted:

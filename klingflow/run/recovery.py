@@ -9,11 +9,12 @@ request sent again.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from klingflow.client import KlingClient, Task
-from klingflow.errors import ApiError
+from klingflow.errors import ApiError, PaymentRequiredError, UnauthorizedError
 from klingflow.kinds import StepKind, kind_of
 from klingflow.run.results import StepFailed, step_failure
 from klingflow.run.uploads import Uploads
@@ -47,9 +48,9 @@ class Recovery:
         try:
             return await self._patience(step.timeout, lambda: self._find_created(
                 step, reply_ref, email, at_ms, body, self._claimed | exclude))
-        except ApiError as exc:
-            if not exc.retryable:
-                raise step_failure(exc) from exc
+        except (UnauthorizedError, PaymentRequiredError) as exc:
+            raise step_failure(exc) from exc  # the run stops; the POST stays unresolved
+        except ApiError as exc:  # whatever the error, the POST's outcome is still unknown
             raise StepFailed("recovery", "could not tell whether a task was created "
                              f"(resume to try again): {exc}", unresolved=True) from exc
 
@@ -77,6 +78,21 @@ def matches(task: Task, body: Mapping[str, Any], kind: StepKind) -> bool:
             return False
     for field_name, argument in kind.echoes:  # only where the service echoes them
         if argument in task.arguments and field_name in body and \
-                task.arguments[argument] != str(body[field_name]):
+                not _same(field_name, task.arguments[argument], body[field_name]):
             return False
-    return True
+    # a task with an end frame is not one asked for without
+    return not (task.arguments.get("tail_image_enabled") == "true" and not body.get("image_tail"))
+
+
+def _same(field_name: str, echoed: str, asked: object) -> bool:
+    if field_name == "model_name":  # kling-v2-1 is echoed as kling_version "2.1"
+        model = str(asked).removeprefix("kling-v").replace("-", ".", 1)
+        return _version_number(echoed) == _version_number(model)
+    return echoed == str(asked)
+
+
+def _version_number(text: str) -> str:
+    """2.1 of "2.1", "2.1-master" or "2.1.master": variants may or may not be echoed,
+    so only the number is compared."""
+    found = re.match(r"\d+(?:\.\d+)?", text)
+    return found.group(0) if found else text

@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from klingflow.errors import ApiError, KlingflowError, PaymentRequiredError, UnauthorizedError
+from klingflow.errors import (
+    ApiError,
+    KlingflowError,
+    NotFoundError,
+    PaymentRequiredError,
+    UnauthorizedError,
+)
 
 
 class StepStatus(StrEnum):
@@ -110,3 +116,16 @@ def step_failure(exc: ApiError) -> KlingflowError:
     if isinstance(exc, UnauthorizedError | PaymentRequiredError):
         return RunAborted(exc)
     return StepFailed(exc.category, str(exc))
+
+
+def task_read_failure(exc: ApiError, task_id: int) -> KlingflowError:
+    """What an API error on reading a task that exists (and is paid for) means: 401 and
+    402 stop the run; a 404 says it is gone; anything else leaves it for a resume to
+    collect, never to pay for again."""
+    if isinstance(exc, UnauthorizedError | PaymentRequiredError):
+        return RunAborted(exc)
+    if isinstance(exc, NotFoundError):
+        return StepFailed("not_found", f"task {task_id} is gone: {exc}")
+    return StepFailed(exc.category, f"task {task_id} is paid for, but could not be read "
+                      f"({exc}); run again with --resume to collect it at no cost",
+                      unresolved=True)

@@ -19,6 +19,7 @@ from klingflow.cache.claims import ClaimBoard
 from klingflow.cache.pushes import PushQueue
 from klingflow.cache.remote import RemoteCache
 from klingflow.lockfile import LockEntry
+from klingflow.media import MediaError
 from klingflow.run.collection import Collector
 from klingflow.run.results import Event, StepFailed, StepResult
 from klingflow.spec.pipeline import Account, Step
@@ -62,20 +63,29 @@ class Sources:
         if locked is None or locked.key != key or locked.task_id is None or \
                 locked.task_id in self._cache.unusable_tasks():
             return False
-        email = locked.email or self._email(locked.account)
+        email, task_id = locked.email or self._email(locked.account), locked.task_id
         try:
-            task = await self._collector.get_task(step, locked.task_id, email)
+            task = await self._collector.get_task(step, task_id, email)
+            if not task.succeeded or task.video is None:
+                return self._unusable(step, locked, f"locked task {task_id} has no clip "
+                                                    f"({task.status_name})")
+            await self._collector.collect(step, result, task, email)
         except StepFailed as failed:
-            if failed.category != "not_found":
-                raise
-            return self._unusable(step, locked, f"locked task {locked.task_id} is gone")
-        if not task.succeeded or task.video is None:
-            return self._unusable(step, locked, f"locked task {locked.task_id} has no clip "
-                                                f"({task.status_name})")
-        await self._collector.collect(step, result, task, email)
+            if failed.category == "not_found":
+                return self._unusable(step, locked, f"locked task {task_id} is gone")
+            cause = failed.__cause__ or failed
+            raise StepFailed(failed.category, f"locked task {task_id} could not be restored "
+                             f"({cause}); run again to restore it at no cost") from failed
+        except MediaError as exc:  # bytes that are no clip: surely not the locked one
+            result.outputs.clear()
+            return self._unusable(step, locked, f"locked task {task_id}'s clip is not the "
+                                                f"locked one ({exc})")
+        except OSError as exc:
+            raise StepFailed("local_files", f"locked task {task_id}'s clip could not be "
+                             f"kept here: {exc}") from exc
         if result.outputs["video"].sha256 != locked.outputs.get("video"):
             result.outputs.clear()
-            return self._unusable(step, locked, f"locked task {locked.task_id}'s clip is not "
+            return self._unusable(step, locked, f"locked task {task_id}'s clip is not "
                                                 "the locked one (its SHA-256 differs)")
         result.key = key
         await self._collector.keep(result, task_id=task.id, account=locked.account,

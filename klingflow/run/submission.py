@@ -9,6 +9,7 @@ earlier POST is re-attached to, or recovered, instead of being sent again.
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -204,6 +205,8 @@ class Submitter:
         await self._journal.sync()  # on disk before anything is sent
         await _tell_claim(lease, step, lambda held: held.submitting(
             reply_ref=reply_ref, account=alias, email=email, at_ms=at_ms))
+        created = functools.partial(self._created, step, result, key, alias, email,
+                                    reply_ref, at_ms, lease)
         try:
             task = await self._client.submit(endpoint_of(step), {**body, "replyRef": reply_ref})
         except (ServerError, TransportError) as unknown:
@@ -211,14 +214,22 @@ class Submitter:
                                                    exclude=self._known(step.id, key))
             if task_id is None:
                 return unknown
-            task = await self._collector.get_task(step, task_id, email)
+            await created(task_id)  # recorded and charged before reading it can fail
+            return await self._collector.get_task(step, task_id, email)
         except RateLimitedError:
             raise  # nothing was created: submit() waits and sends it again
         except ApiError as exc:
             raise step_failure(exc) from exc
-        self._attach(step, result, key, task.id, alias, email, reply_ref, at_ms)
-        await _tell_claim(lease, step, lambda held: held.submitted(task.id), created=task.id)
+        await created(task.id)
         return task
+
+    async def _created(self, step: Step, result: StepResult, key: str, alias: str | None,
+                       email: str | None, reply_ref: str, at_ms: int, lease: Lease | None,
+                       task_id: int) -> None:
+        """The task a POST created: in the journal (charged), the in-flight record and
+        the claim."""
+        self._attach(step, result, key, task_id, alias, email, reply_ref, at_ms)
+        await _tell_claim(lease, step, lambda held: held.submitted(task_id), created=task_id)
 
     def _attach(self, step: Step, result: StepResult, key: str, task_id: int,
                 alias: str | None, email: str | None, reply_ref: str, at_ms: int, *,
