@@ -102,6 +102,23 @@ async def test_a_task_the_run_already_owns_is_never_adopted_again(tmp_path: Path
     assert await found.recover(step, "gone", None, 50_000, BODY) is None
 
 
+
+async def test_an_earlier_failed_task_of_the_same_step_is_never_adopted(tmp_path: Path) -> None:
+    """A resume's POST whose answer was lost is not the task an earlier invocation made
+    for the same step (moderated, say), though its inputs and prompt match."""
+    service = ScriptedService()
+    service.history = [task(9)]
+    prior = JournalState()
+    for line in ({"event": "submitting", "step": "s", "key": "k", "reply_ref": "r1",
+                  "account": None, "email": None, "at_ms": 1},
+                 {"event": "submitted", "step": "s", "task_id": 9, "credits": 20},
+                 {"event": "failed", "step": "s", "category": "moderation", "message": "m"},
+                 {"event": "submitting", "step": "s", "key": "k", "reply_ref": "r2",
+                  "account": None, "email": None, "at_ms": 2}):
+        prior.apply(line)
+    found, step = submitter(tmp_path, service, prior)
+    assert await found.recover(step, "r2", None, 50_000, BODY) is None
+
 async def test_nothing_found_means_nothing_was_created(tmp_path: Path) -> None:
     found, step = submitter(tmp_path, ScriptedService())
     assert await found.recover(step, "gone", None, 50_000, BODY) is None
