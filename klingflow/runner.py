@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -38,7 +39,7 @@ from klingflow.report import RunReport, RunStatus, write_report
 from klingflow.report.html import write_html
 from klingflow.run import Event, Executor, RunOptions
 from klingflow.run.accounting import charge
-from klingflow.run.preflight import SERVICE, service_accounts
+from klingflow.run.preflight import SERVICE, before_sending, service_accounts
 from klingflow.run.sources import Sharing
 from klingflow.rundir import Owner, RunDirectory, discard_run_dir, open_run_dir
 from klingflow.seams import find_seams, measure_seams
@@ -79,8 +80,11 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     accounts = await service_accounts(client, pipeline.accounts, base_url=settings.base_url,
                                       within=settings.run.connect_timeout, retrier=Retrier(),
                                       on_event=on_event)
-    plan = await judged_by_live_effects(plan, client, backend=settings.backend,
-                                        accounts=accounts, root=cache.root)
+    judge = functools.partial(judged_by_live_effects, plan, client, backend=settings.backend,
+                              accounts=accounts, root=cache.root)
+    plan = await before_sending(judge, base_url=settings.base_url,
+                                within=settings.run.connect_timeout, retrier=Retrier(),
+                                on_event=on_event)
     pipeline = plan.pipeline
     options = _options(settings, pipeline)  # a bad option is said before a run directory
     owner = Owner(pipeline.name, pipeline.path, settings.backend)

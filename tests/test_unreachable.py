@@ -11,7 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-from tests.runhelpers import ROOT, frames_step, write_pipeline
+import httpx
+import pytest
+
+from klingflow.cache import Cache
+from klingflow.plan import build_plan
+from klingflow.run import Event
+from klingflow.run.preflight import SERVICE
+from klingflow.runner import run
+from klingflow.settings import ApiToken, RunFlags, Settings
+from klingflow.sim import SimConfig, create_app, sim_transport
+from klingflow.spec import load_pipeline
+from tests.runhelpers import IN_PROCESS_BASE, ROOT, frames_step, write_pipeline
 
 
 def closed_port() -> int:
@@ -50,3 +61,40 @@ def test_a_reader_that_closes_the_pipe_early_is_not_a_bug(tmp_path: Path) -> Non
                           shell=True, env=env, capture_output=True, text=True, timeout=60)
     assert done.stdout == '{\n  "forma'
     assert done.stderr == ""
+
+
+class FlakyCatalogue(httpx.AsyncBaseTransport):
+    """The simulator, whose GET /videos/effects answers 500 the first `times` times."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, times: int) -> None:
+        self.inner, self.times = inner, times
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/videos/effects") and self.times > 0:
+            self.times -= 1
+            return httpx.Response(500, json={"error": "Internal server error"})
+        return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.anyio
+async def test_a_catalogue_that_fails_at_the_start_is_waited_for_like_the_service(
+        tmp_path: Path) -> None:
+    """The live effects catalogue is fetched before anything is paid: a 500 is waited
+    out visibly within --connect-timeout, not an exit 2 (the client itself tries 4 times)."""
+    path = write_pipeline(tmp_path / "p", "fx", [
+        {"id": "a", "kind": "effect", "effect": "cartoon", "image": "${inputs.hero}"}])
+    app = create_app(SimConfig(token="user:1-fake-token", task_seconds=0.1,
+                               clip_size=(304, 304)))
+    settings = Settings(token=ApiToken("user:1-fake-token"), base_url=IN_PROCESS_BASE,
+                        run=RunFlags(out=tmp_path / "runs", poll_interval=0.02,
+                                     connect_timeout=30))
+    events: list[Event] = []
+    async with httpx.AsyncClient(transport=FlakyCatalogue(sim_transport(app), 5)) as http:
+        report = await run(build_plan(load_pipeline(path)), settings, http=http,
+                           cache=Cache(tmp_path / "cache"), on_event=events.append)
+    assert report.status == "succeeded"
+    waits = [e.detail for e in events if e.step_id == SERVICE]
+    assert len(waits) == 1
+    assert re.fullmatch(rf"cannot reach {re.escape(IN_PROCESS_BASE)} \(GET "
+                        rf"{re.escape(IN_PROCESS_BASE)}/videos/effects: HTTP 500: Internal "
+                        r"server error\); trying again in [0-9.]+ s", waits[0]), waits[0]

@@ -8,8 +8,8 @@ them must name accounts the service has.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from klingflow.client import KlingClient
 from klingflow.errors import ApiError, TransportError, UsageError
@@ -18,6 +18,7 @@ from klingflow.run.results import Event
 from klingflow.spec.pipeline import Account
 
 SERVICE = "(service)"  # the progress line's name for what is not a step
+_T = TypeVar("_T")
 
 
 def reaching(within: float) -> RetryPolicy:
@@ -45,14 +46,22 @@ async def service_accounts(client: KlingClient, declared: Mapping[str, Account],
 
 async def _listed(client: KlingClient, *, base_url: str, within: float, retrier: Retrier,
                   on_event: Callable[[Event], None]) -> Mapping[str, Any]:
+    listed = await before_sending(lambda: client.accounts(once=True), base_url=base_url,
+                                  within=within, retrier=retrier, on_event=on_event)
+    return listed if isinstance(listed, Mapping) else {}
+
+
+async def before_sending(call: Callable[[], Awaitable[_T]], *, base_url: str, within: float,
+                         retrier: Retrier, on_event: Callable[[Event], None]) -> _T:
+    """`call()`, a request made before anything is uploaded or paid: a service that
+    cannot be reached or answers 5xx is waited for visibly, within `within` seconds;
+    then, or on any other API error, UsageError (exit 2)."""
     backoff = retrier.backoff(reaching(within))
     while True:
         try:
-            listed = await client.accounts(once=True)
+            return await call()
         except ApiError as exc:
             await _wait_or_stop(exc, backoff, base_url, on_event)
-            continue
-        return listed if isinstance(listed, Mapping) else {}
 
 
 async def _wait_or_stop(exc: ApiError, backoff: Any, base_url: str,
