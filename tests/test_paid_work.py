@@ -77,7 +77,6 @@ async def test_a_run_whose_directory_was_deleted_re_attaches_instead_of_paying(
     assert list((tmp_path / "runs" / "cache" / "inflight").iterdir()) == []  # settled
 
 
-
 def test_a_video_that_cannot_be_downloaded_is_collected_by_a_resume_not_paid_again(
         isolated: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from klingflow.client import SchedulerEntry, Task
-from klingflow.errors import ServerError, UnauthorizedError
+from klingflow.errors import BadRequestError, ServerError, UnauthorizedError
 from klingflow.journal import Journal, JournalState
 from klingflow.kinds import kind_of
 from klingflow.plan import build_plan
@@ -119,6 +119,7 @@ async def test_an_earlier_failed_task_of_the_same_step_is_never_adopted(tmp_path
     found, step = submitter(tmp_path, service, prior)
     assert await found.recover(step, "r2", None, 50_000, BODY) is None
 
+
 async def test_nothing_found_means_nothing_was_created(tmp_path: Path) -> None:
     found, step = submitter(tmp_path, ScriptedService())
     assert await found.recover(step, "gone", None, 50_000, BODY) is None
@@ -158,11 +159,31 @@ def echoing(**arguments: str) -> Task:
 
 @pytest.mark.parametrize(("arguments", "found"), [
     ({"kling_version": "3.0"}, True),
-    ({"kling_version": "3.0-turbo"}, True),  # a variant may be echoed, or not
+    ({"kling_version": "v3.0"}, True),
+    ({"kling_version": "3.0-turbo"}, False),  # a variant the request did not ask for
     ({"kling_version": "2.1"}, False),  # another model's task with the same inputs
     ({"tail_image_enabled": "true"}, False),  # a task with an end frame not asked for
+    ({"tail_image_enabled": "True"}, False),
+    ({"kling_version": "latest"}, True),  # no number: it tells nothing, so no refusal
     ({}, True),  # nothing echoed: nothing to tell them apart by
 ])
 def test_recovery_tells_tasks_of_other_models_and_end_frames_apart(
         arguments: dict[str, str], found: bool) -> None:
     assert matches(echoing(**arguments), BODY, kind_of("frames")) is found
+
+
+async def test_a_body_that_cannot_be_rebuilt_leaves_the_post_unresolved(tmp_path: Path) -> None:
+    """Recovering a POST from an in-flight record (runs/ deleted) rebuilds its body to
+    match the history: an upload that fails then must not settle the unknown POST."""
+    service = ScriptedService()
+
+    async def upload_asset(*args: Any, **kwargs: Any) -> None:
+        raise BadRequestError("File is corrupt", status=400, method="POST", url="u")
+
+    service.upload_asset = upload_asset  # type: ignore[attr-defined]
+    found, step = submitter(tmp_path, service)
+    with pytest.raises(StepFailed) as failed:
+        await found.recover(step, "lost", None, 50_000)
+    assert (failed.value.category, failed.value.unresolved) == ("recovery", True)
+    assert str(failed.value) == ("could not tell whether a task was created (resume to try "
+                                 "again): POST u: HTTP 400: File is corrupt")

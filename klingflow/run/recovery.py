@@ -50,7 +50,8 @@ class Recovery:
                 step, reply_ref, email, at_ms, body, self._claimed | exclude))
         except (UnauthorizedError, PaymentRequiredError) as exc:
             raise step_failure(exc) from exc  # the run stops; the POST stays unresolved
-        except ApiError as exc:  # whatever the error, the POST's outcome is still unknown
+        except (ApiError, StepFailed) as exc:  # whatever failed (a GET, re-uploading
+            # an input to rebuild the body), the POST's outcome is still unknown
             raise StepFailed("recovery", "could not tell whether a task was created "
                              f"(resume to try again): {exc}", unresolved=True) from exc
 
@@ -81,18 +82,28 @@ def matches(task: Task, body: Mapping[str, Any], kind: StepKind) -> bool:
                 not _same(field_name, task.arguments[argument], body[field_name]):
             return False
     # a task with an end frame is not one asked for without
-    return not (task.arguments.get("tail_image_enabled") == "true" and not body.get("image_tail"))
+    tail = task.arguments.get("tail_image_enabled", "").lower() == "true"
+    return not (tail and not body.get("image_tail"))
 
 
 def _same(field_name: str, echoed: str, asked: object) -> bool:
-    if field_name == "model_name":  # kling-v2-1 is echoed as kling_version "2.1"
-        model = str(asked).removeprefix("kling-v").replace("-", ".", 1)
-        return _version_number(echoed) == _version_number(model)
+    if field_name == "model_name":
+        return _same_version(echoed, str(asked))
     return echoed == str(asked)
 
 
-def _version_number(text: str) -> str:
-    """2.1 of "2.1", "2.1-master" or "2.1.master": variants may or may not be echoed,
-    so only the number is compared."""
-    found = re.match(r"\d+(?:\.\d+)?", text)
-    return found.group(0) if found else text
+def _same_version(echoed: str, model: str) -> bool:
+    """Whether a task's `kling_version` may be `model`'s: kling-v2-1 is echoed as "2.1"
+    (the docs' task), kling-v2-1-master perhaps as "2.1-master" or "2.1". A variant the
+    echo names must be the model's; an echo with no version number tells nothing (a
+    false "no" would mean paying again for our own task)."""
+    echo = _VERSION.search(echoed)
+    asked = _VERSION.search(model.removeprefix("kling-v").replace("-", ".", 1))
+    if echo is None or asked is None:
+        return True
+    if echo.group(1) != asked.group(1):
+        return False
+    return not echo.group(2) or echo.group(2).lower() == (asked.group(2) or "").lower()
+
+
+_VERSION = re.compile(r"(\d+(?:\.\d+)?)(?:[-. ]([a-z][\w-]*))?", re.IGNORECASE)
