@@ -421,3 +421,17 @@ async def test_a_paid_task_that_was_not_collected_keeps_its_claim_for_a_taker(st
             raise Unresolved("its clip could not be downloaded")
     assert has_claim(store)
     assert stored_claim(store)["task_id"] is not None  # what a taker re-attaches to
+
+
+async def test_a_task_found_again_is_recorded_with_its_account_for_a_taker(store) -> None:
+    """A run that re-attaches (from a local in-flight record) under a new claim, then
+    cannot collect: the claim names the task and how to read it, and stays."""
+    a = Machine(store, "a")
+    with pytest.raises(Unresolved):
+        async with a.board.claim(KEY, step="launch", serve=a.remote.serve) as got:
+            assert isinstance(got, Lease)
+            await got.reattached(4242, account="main", email="main@example.com")
+            raise Unresolved("its clip could not be downloaded")
+    claim = stored_claim(store)
+    assert (claim["state"], claim["task_id"], claim["account"], claim["email"]) == (
+        "submitted", 4242, "main", "main@example.com")

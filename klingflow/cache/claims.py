@@ -155,6 +155,13 @@ class Lease:
     async def submitted(self, task_id: int) -> None:
         await self._write({"state": SUBMITTED, "task_id": task_id})
 
+    async def reattached(self, task_id: int, *, account: str | None,
+                         email: str | None) -> None:
+        """Record a task found again (an earlier POST's), with what reads it: a machine
+        that takes the claim over re-attaches to it too."""
+        await self._write({"state": SUBMITTED, "task_id": task_id, "account": account,
+                           "email": email})
+
     async def release(self) -> None:
         """Delete the claim if it is still this machine's."""
         async with self._lock:
@@ -367,4 +374,4 @@ def _keep_after(exc: BaseException, state: str) -> bool:
     taker to recover; it re-attaches to the task the claim names."""
     interrupted = isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
     unresolved = bool(getattr(exc, "unresolved", False))
-    return state == SUBMITTING or (state == SUBMITTED and (interrupted or unresolved))
+    return unresolved or state == SUBMITTING or (interrupted and state == SUBMITTED)

@@ -102,7 +102,8 @@ class Payer:
         """Hold a slot from submit until the task is final; returns (task, email, alias)."""
         step, key = planned.step, result.key
         assert key is not None
-        alias, task = await self._submitter.reattach(step, result, key, previous=previous)
+        alias, task = await self._submitter.reattach(step, result, key, previous=previous,
+                                                     lease=lease)
         if task is None:
             alias, task = await self._submitter.submit(step, result, key, lease=lease)
         email = self._submitter.email(alias)

@@ -90,7 +90,8 @@ FAILED_AT_THE_SERVICE = frozenset({"moderation", "generation_failed"})
 
 class StepFailed(KlingflowError):
     """A step that cannot succeed in this run. `unresolved`: a POST of it may have
-    created a task that could not be found yet; a resume must look again first."""
+    created a task that could not be found yet, or its task exists and is paid for but
+    was not collected; a later run must look for it (and collect it) before paying."""
 
     def __init__(self, category: str, message: str, *, unresolved: bool = False) -> None:
         super().__init__(message)
@@ -103,12 +104,14 @@ class NotSubmitted(Exception):
 
 
 class RunAborted(KlingflowError):
-    """A condition that stops the whole run (401, 402)."""
+    """A condition that stops the whole run (401, 402). `unresolved`: it came while
+    reading a task that exists, which a later run must still collect."""
 
-    def __init__(self, cause: ApiError) -> None:
+    def __init__(self, cause: ApiError, *, unresolved: bool = False) -> None:
         super().__init__(str(cause))
         self.cause = cause
         self.exit_code = cause.exit_code
+        self.unresolved = unresolved
 
 
 def step_failure(exc: ApiError) -> KlingflowError:
@@ -123,7 +126,7 @@ def task_read_failure(exc: ApiError, task_id: int) -> KlingflowError:
     402 stop the run; a 404 says it is gone; anything else leaves it for a resume to
     collect, never to pay for again."""
     if isinstance(exc, UnauthorizedError | PaymentRequiredError):
-        return RunAborted(exc)
+        return RunAborted(exc, unresolved=True)
     if isinstance(exc, NotFoundError):
         return StepFailed("not_found", f"task {task_id} is gone: {exc}")
     return StepFailed(exc.category, f"task {task_id} is paid for, but could not be read "

@@ -85,11 +85,13 @@ class Submitter:
     # ---- re-attaching on resume -------------------------------------------------------
 
     async def reattach(self, step: Step, result: StepResult, key: str, *,
-                       previous: InFlight | None = None) -> tuple[str | None, Task | None]:
+                       previous: InFlight | None = None,
+                       lease: Lease | None = None) -> tuple[str | None, Task | None]:
         """The task an earlier POST of this request may have created, with a slot for it:
         from this run directory's journal (a resume), else from the cache's in-flight
         record (a run whose directory is gone, or another run's unresolved POST), else
-        from `previous`, what the remote claim this machine took over knew."""
+        from `previous`, what the remote claim this machine took over knew. The claim
+        (`lease`) learns the task before it is read."""
         found = await self._from_journal(step, result, key)
         if found is None:
             found = await self._from_record(step, result, key, self._inflight.get(key))
@@ -98,6 +100,8 @@ class Submitter:
         if found is None:
             return None, None
         alias, email, task_id = found
+        await _tell_claim(lease, step, lambda held: held.reattached(
+            task_id, account=alias, email=email), created=task_id)
         return alias, await self._collector.get_task(step, task_id, email)
 
     async def _from_journal(self, step: Step, result: StepResult,
