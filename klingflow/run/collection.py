@@ -84,12 +84,24 @@ class Collector:
     async def collect(self, step: Step, result: StepResult, task: Task,
                       email: str | None) -> None:
         """Download the clip, extract its first and last frames, hash all three."""
+        await self.download(step, result, task, email)
+        await self.frames(step, result)
+
+    async def download(self, step: Step, result: StepResult, task: Task,
+                       email: str | None) -> None:
+        """The clip into the run directory, hashed (`result.outputs["video"]`)."""
         video = self.path_of(step, "video")
         await self._download(step, task, email, video)
+        result.outputs["video"] = OutputFile(video, await anyio.to_thread.run_sync(
+            sha256_file, video))
+
+    async def frames(self, step: Step, result: StepResult) -> None:
+        """The downloaded clip's first and last frames, extracted and hashed."""
+        video = result.outputs["video"].path
         first, last = self.path_of(step, "first_frame"), self.path_of(step, "last_frame")
         await anyio.to_thread.run_sync(media.extract_first_frame, video, first)
         await anyio.to_thread.run_sync(media.extract_last_frame, video, last)
-        for attr, path in (("video", video), ("first_frame", first), ("last_frame", last)):
+        for attr, path in (("first_frame", first), ("last_frame", last)):
             result.outputs[attr] = OutputFile(path, await anyio.to_thread.run_sync(
                 sha256_file, path))
 

@@ -69,24 +69,21 @@ class Sources:
             if not task.succeeded or task.video is None:
                 return self._unusable(step, locked, f"locked task {task_id} has no clip "
                                                     f"({task.status_name})")
-            await self._collector.collect(step, result, task, email)
+            await self._collector.download(step, result, task, email)
+            if result.outputs["video"].sha256 != locked.outputs.get("video"):
+                result.outputs.clear()
+                return self._unusable(step, locked, f"locked task {task_id}'s clip is not "
+                                                    "the locked one (its SHA-256 differs)")
+            await self._collector.frames(step, result)  # the locked clip: any error is ours
         except StepFailed as failed:
             if failed.category == "not_found":
                 return self._unusable(step, locked, f"locked task {task_id} is gone")
             cause = failed.__cause__ or failed
             raise StepFailed(failed.category, f"locked task {task_id} could not be restored "
                              f"({cause}); run again to restore it at no cost") from failed
-        except MediaError as exc:  # bytes that are no clip: surely not the locked one
-            result.outputs.clear()
-            return self._unusable(step, locked, f"locked task {task_id}'s clip is not the "
-                                                f"locked one ({exc})")
-        except OSError as exc:
+        except (MediaError, OSError) as exc:
             raise StepFailed("local_files", f"locked task {task_id}'s clip could not be "
-                             f"kept here: {exc}") from exc
-        if result.outputs["video"].sha256 != locked.outputs.get("video"):
-            result.outputs.clear()
-            return self._unusable(step, locked, f"locked task {task_id}'s clip is not "
-                                                "the locked one (its SHA-256 differs)")
+                             f"kept here: {exc}; run again to restore it at no cost") from exc
         result.key = key
         await self._collector.keep(result, task_id=task.id, account=locked.account,
                                    credits=locked.credits, request=request)
