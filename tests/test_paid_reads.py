@@ -125,6 +125,16 @@ async def test_one_403_while_polling_does_not_call_the_task_gone(tmp_path: Path)
     assert [t["task_id"] for t in run.ledger] == [shot.task_id]
 
 
+
+async def test_a_task_that_keeps_answering_403_is_left_for_a_resume(tmp_path: Path) -> None:
+    first, again = await faulty_then_clean(tmp_path, [Rule("GET", TASK, 403)], timeout=30)
+    shot = first.results["shot"]
+    assert (shot.status, shot.error_category) == ("failed", "forbidden")
+    assert shot.error is not None and shot.error.startswith(
+        f"task {shot.task_id} is paid for, but could not be read (GET ")
+    assert "HTTP 403: doctored 403" in shot.error
+    paid_once(tmp_path, first, again)
+
 async def test_a_lost_post_found_by_recovery_is_charged_even_when_reading_it_fails(
         tmp_path: Path) -> None:
     first, again = await faulty_then_clean(tmp_path, [

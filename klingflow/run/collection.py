@@ -27,9 +27,12 @@ from klingflow.spec.pipeline import Step
 
 DOWNLOADS = RetryPolicy(attempts=8, base=0.5, cap=10.0, retryable=lambda error: isinstance(
     error, ForbiddenError | NotFoundError | TransportError | ServerError))
-"""A download that fails is tried again (with a fresh signed URL) up to 8 times, about a
-minute in all: the task is paid for, so it is worth the wait."""
+"""A download that fails is tried again (with a fresh signed URL) up to 8 times, up to
+about 45 s in all: the task is paid for, so it is worth the wait."""
 
+FORBIDDEN_IN_A_ROW = 3
+"""403s in a row while polling before the task counts as unreadable (undocumented
+there: one is waited out like a 5xx; more say something is wrong with this task)."""
 
 class Collector:
     """Reads tasks (they exist and are paid for: transient errors are waited out) and
@@ -60,6 +63,7 @@ class Collector:
         """Poll until the task is final. `since`: when it was submitted (wall clock);
         `expected`: how long such tasks took before, if known."""
         deadline = since + step.timeout
+        refused = 0  # 403s in a row
         while not task.status_final:
             now = self._clock()
             if now > deadline:
@@ -70,16 +74,14 @@ class Collector:
             eta_end = _eta_end(expected, now - since, task.eta_ms)
             wait = self._poll.next_wait(now - since, expected, eta_end)
             await self._sleep(min(wait, max(0.0, deadline - now) + 0.001))
-            task = await self._poll_once(task, email)
+            try:
+                task, refused = await self._client.get_task(task.id, email=email), 0
+            except ApiError as exc:
+                refused = refused + 1 if isinstance(exc, ForbiddenError) else 0
+                if not exc.retryable and not 0 < refused < FORBIDDEN_IN_A_ROW:
+                    raise task_read_failure(exc, task.id) from exc
+                # else the client's own retries are used up: look again at the next poll
         return task
-
-    async def _poll_once(self, task: Task, email: str | None) -> Task:
-        try:
-            return await self._client.get_task(task.id, email=email)
-        except ApiError as exc:
-            if exc.retryable or isinstance(exc, ForbiddenError):
-                return task  # the client's own retries are used up: try at the next poll
-            raise task_read_failure(exc, task.id) from exc
 
     async def collect(self, step: Step, result: StepResult, task: Task,
                       email: str | None) -> None:
