@@ -133,8 +133,8 @@ class NotFoundError(ApiError):
 
 
 class ForbiddenError(ApiError):
-    """403: a signed result URL that expired (fetch the task again for a fresh one).
-    Undocumented elsewhere: it never says that a task is gone."""
+    """403 from a signed result URL that expired: fetch the task again for a fresh one.
+    It never means that the task is gone."""
 
 
 class RateLimitedError(ApiError):
