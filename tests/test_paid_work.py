@@ -77,13 +77,28 @@ async def test_a_run_whose_directory_was_deleted_re_attaches_instead_of_paying(
     assert list((tmp_path / "runs" / "cache" / "inflight").iterdir()) == []  # settled
 
 
+def resume_collects_it(path: Path, argv: list[str], run_dir: Path, task_id: int,
+                       monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    """`run --resume` (on --sim) re-attaches to the step's task, and the simulated
+    service's ledger holds that one task: paid once."""
+    code, _, err = run_cli(["run", str(path), *argv, "--resume"], capsys)
+    again = steps_of(read_report(run_dir))["shot"]
+    assert (code, again["status"], again["task_id"]) == (0, "succeeded", task_id)
+    assert f"shot re-attached: task {task_id}" in err
+    service = SimConfig(token=SIM_TOKEN, accounts=[DEFAULT_ACCOUNT],
+                        state_dir=path.parent / ".klingflow-sim")
+    with external_sim(monkeypatch, service) as sim:
+        assert [t["task_id"] for t in sim.ledger()] == [task_id]
+
+
 def test_a_video_that_cannot_be_downloaded_is_collected_by_a_resume_not_paid_again(
         isolated: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     path = write_pipeline(isolated / "p", "expired", [frames_step("shot", "a lighthouse")])
     fast = ["--sim", "--sim-speed", "10", "--out", str(isolated / "runs"),
             "--poll-interval", "0.01"]
-    code, out, err = run_cli(["run", str(path), *fast, "--sim-faults", "expire=1"], capsys)
+    code, out, _ = run_cli(["run", str(path), *fast, "--sim-faults", "expire=1"], capsys)
     run_dir = only_run_dir(isolated / "runs", "expired")
     report = read_report(run_dir)
     shot = steps_of(report)["shot"]
@@ -95,14 +110,7 @@ def test_a_video_that_cannot_be_downloaded_is_collected_by_a_resume_not_paid_aga
     assert report["totals"]["credits_refundable"] == 0  # it succeeded: nothing to refund
     assert "refund" not in out
 
-    code, out, err = run_cli(["run", str(path), *fast, "--resume"], capsys)
-    again = steps_of(read_report(run_dir))["shot"]
-    assert (code, again["status"], again["task_id"]) == (0, "succeeded", shot["task_id"])
-    assert f"shot re-attached: task {shot['task_id']}" in err
-    service = SimConfig(token=SIM_TOKEN, accounts=[DEFAULT_ACCOUNT],
-                        state_dir=path.parent / ".klingflow-sim")
-    with external_sim(monkeypatch, service) as sim:
-        assert [t["task_id"] for t in sim.ledger()] == [shot["task_id"]]  # paid once
+    resume_collects_it(path, fast, run_dir, shot["task_id"], monkeypatch, capsys)
 
 
 def test_a_task_past_its_timeout_is_collected_by_a_resume_not_paid_again(
@@ -120,11 +128,4 @@ def test_a_task_past_its_timeout_is_collected_by_a_resume_not_paid_again(
                              "collect it at no cost")
     time.sleep(2.5)  # the service finishes it meanwhile
 
-    code, _, err = run_cli(["run", str(path), *fast, "--resume"], capsys)
-    again = steps_of(read_report(run_dir))["shot"]
-    assert (code, again["status"], again["task_id"]) == (0, "succeeded", shot["task_id"])
-    assert f"shot re-attached: task {shot['task_id']}" in err
-    service = SimConfig(token=SIM_TOKEN, accounts=[DEFAULT_ACCOUNT],
-                        state_dir=path.parent / ".klingflow-sim")
-    with external_sim(monkeypatch, service) as sim:
-        assert [t["task_id"] for t in sim.ledger()] == [shot["task_id"]]  # paid once
+    resume_collects_it(path, fast, run_dir, shot["task_id"], monkeypatch, capsys)
