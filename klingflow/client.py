@@ -140,8 +140,10 @@ def _parse_video(works: list[Mapping[str, Any]]) -> Video | None:
 
 
 def classify(response: httpx.Response) -> ApiError:
-    """The typed error for a non-2xx answer, per the API's error table."""
-    error_text, message = _error_texts(response)
+    """The typed error for a non-2xx answer, per the API's error table. The service's
+    text is shown and kept in reports: any echo of the token in it is masked."""
+    error_text, message = (_without_token(text, response.request)
+                           for text in _error_texts(response))
     kind, text = _kind_of(response.status_code, error_text, message)
     error = kind(text, status=response.status_code, method=response.request.method,
                  url=_redact(response.request.url))
@@ -166,6 +168,12 @@ def _kind_of(status: int, error_text: str, message: str) -> tuple[type[ApiError]
     if status == 500 and is_moderation(error_text):
         return ModerationError, error_text
     return ServerError, f"{error_text} ({message})" if message else error_text
+
+
+def _without_token(text: str, request: httpx.Request) -> str:
+    """`text` with the request's token (from its Authorization header) masked."""
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    return text.replace(token, "***") if len(token) >= 4 else text
 
 
 def _error_texts(response: httpx.Response) -> tuple[str, str]:

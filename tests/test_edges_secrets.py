@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from klingflow.client import KlingClient
-from klingflow.errors import ForbiddenError, RequestNotSentError, TransportError
+from klingflow.errors import ApiError, ForbiddenError, RequestNotSentError, TransportError
 from klingflow.settings import ApiToken, Settings
 from klingflow.sim import SimConfig, running_simulator
 from tests.runhelpers import (
@@ -202,3 +202,28 @@ async def test_a_signed_media_url_is_shown_without_its_credentials(
             await client.download(SIGNED, tmp_path / "clip.mp4")
     assert str(caught.value) == f"GET https://cdn.example.com/v/12.mp4: {text}"
     assert caught.value.url == "https://cdn.example.com/v/12.mp4"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("status", [400, 401, 402, 404, 429, 500])
+async def test_a_service_that_echoes_the_token_in_its_error_is_masked(status: int) -> None:
+    """The service's error text is printed and kept in reports and journals: a service
+    (or a proxy before it) that quotes the Authorization header must not leak it."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        quoted = request.headers["Authorization"]
+        return httpx.Response(status, json={"error": f"rejected for key {quoted}",
+                                            "message": f"token {quoted.split()[-1]}"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        client = KlingClient(http, token=SECRET, sleep=lambda s: _no_wait())
+        for call in (lambda: client.submit("videos/image2video-frames", {"prompt": "p"}),
+                     lambda: client.accounts(once=True)):
+            with pytest.raises(ApiError) as raised:
+                await call()
+            shown = str(raised.value)
+            assert SECRET not in shown and "user:77" not in shown, shown
+            assert "rejected for key Bearer ***" in shown
+
+
+async def _no_wait() -> None:
+    return None
