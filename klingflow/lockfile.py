@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from klingflow.errors import UsageError
 from klingflow.files import write_atomically
 from klingflow.plan import Plan
 
@@ -79,16 +80,36 @@ def is_lock_file(path: Path) -> bool:
 
 def read_lock(path: Path) -> Lock:
     """The lock at `path` (version 1 locks read as one section); an empty lock when there
-    is none or it is unreadable."""
+    is none. A lock that cannot be read (a merge conflict, a bad edit) is a UsageError:
+    ignoring it would pay again for what it holds, and rewriting it would lose it."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER) or {}
-        if data.get("version") == 1:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Lock({})
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _unreadable(path, str(exc)) from exc
+    try:
+        data = yaml.load(text, Loader=_LOADER) or {}
+        version = data.get("version")
+        if version not in (1, LOCK_VERSION):
+            raise _unreadable(path, f"version {version!r}, not one this klingflow reads "
+                                    f"(1 or {LOCK_VERSION})")
+        if version == 1:
             data = {"backends": {data.get("backend"): data.get("steps")}}
         backends = {str(name): _section(steps)
                     for name, steps in (data.get("backends") or {}).items() if name}
-    except (OSError, yaml.YAMLError, TypeError, AttributeError):
-        return Lock({})
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise _unreadable(path, f"{where}{getattr(exc, 'problem', None) or exc}") from exc
+    except (TypeError, AttributeError, ValueError) as exc:
+        raise _unreadable(path, "it does not have a lock's shape") from exc
     return Lock(backends)
+
+
+def _unreadable(path: Path, why: str) -> UsageError:
+    return UsageError(f"{path}: cannot read this lock file ({why}); it was left as it is. "
+                      "Fix it (a merge conflict?) or delete it, then run again")
 
 
 def _section(steps: Mapping[str, Any] | None) -> dict[str, LockEntry]:

@@ -76,6 +76,7 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     Nothing is uploaded or paid for until the service has answered and its accounts
     are known; a run directory is made (or taken) only then."""
     pipeline = plan.pipeline
+    read_lock(lock_path(pipeline.path))  # a lock that cannot be read stops it here
     client = KlingClient(http, token=_token(settings), base_url=settings.base_url)
     accounts = await service_accounts(client, pipeline.accounts, base_url=settings.base_url,
                                       within=settings.run.connect_timeout, retrier=Retrier(),

@@ -6,21 +6,53 @@ from pathlib import Path
 
 import pytest
 
+from klingflow.errors import UsageError
 from klingflow.lockfile import Lock, LockEntry, lock_path, read_lock, write_lock
 from klingflow.plan import build_plan
 from klingflow.spec import load_pipeline
-from tests.runhelpers import frames_step, write_pipeline
+from tests.runhelpers import frames_step, run_cli, write_pipeline
 
 
 def test_lock_path_sits_beside_the_pipeline() -> None:
     assert lock_path(Path("pipelines/x.yaml")) == Path("pipelines/x.lock.yaml")
 
 
-def test_a_missing_or_broken_lock_reads_as_empty(tmp_path: Path) -> None:
+def test_a_missing_lock_reads_as_empty(tmp_path: Path) -> None:
     assert read_lock(tmp_path / "none.lock.yaml").backends == {}
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("steps: [1, 2", "line 2: did not find expected ',' or ']'"),
+    ("version: 99\n", "version 99, not one this klingflow reads (1 or 2)"),
+    ("- a\n- b\n", "it does not have a lock's shape"),
+])
+def test_a_broken_lock_is_an_error_not_an_empty_lock(tmp_path: Path, text: str,
+                                                     why: str) -> None:
     broken = tmp_path / "b.lock.yaml"
-    broken.write_text("steps: [1, 2")
-    assert read_lock(broken).steps("useapi") == {}
+    broken.write_text(text)
+    with pytest.raises(UsageError) as raised:
+        read_lock(broken)
+    assert str(raised.value) == (f"{broken}: cannot read this lock file ({why}); it was left "
+                                 "as it is. Fix it (a merge conflict?) or delete it, then run "
+                                 "again")
+
+
+def test_a_lock_with_a_merge_conflict_stops_plan_run_and_lock_and_is_kept(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Ignoring it would pay again for every step it holds; rewriting it would lose the
+    other backends' sections."""
+    path = write_pipeline(isolated / "p", "merged", [frames_step("one", "a lighthouse")])
+    assert run_cli(["run", str(path), "--sim", "--sim-speed", "20"], capsys)[0] == 0
+    lock = lock_path(path)
+    good = lock.read_text()
+    conflicted = f"<<<<<<< HEAD\n{good}=======\n{good}>>>>>>> theirs\n"
+    lock.write_text(conflicted)
+    for command in ("plan", "run", "lock"):
+        code, out, err = run_cli([command, str(path), "--sim"], capsys)
+        assert (code, out) == (2, ""), command
+        assert err.startswith(f"klingflow: {lock}: cannot read this lock file (line "), err
+        assert lock.read_text() == conflicted
+    assert len(list((isolated / "runs" / "merged").iterdir())) == 1  # no second run
 
 
 def entry(key: str, task_id: int = 1) -> LockEntry:
