@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import pytest
 from obstore.store import MemoryStore
@@ -15,6 +16,7 @@ from klingflow.cache.pushes import background_pushes
 from klingflow.cache.remote import RemoteCache
 from klingflow.files import canonical_hash
 from tests.remotehelpers import make_result
+from tests.runhelpers import frames_step, run_cli, write_pipeline
 
 pytestmark = pytest.mark.anyio
 
@@ -266,3 +268,19 @@ async def test_background_pushes_finish_before_the_block_ends(store, tmp_path) -
     assert sorted(done) == sorted(e.key for e in entries)
     assert pushes.failures == []
     assert {f"ac/{e.key}" for e in entries} <= set(contents(store))
+
+
+def test_a_step_paid_for_goes_to_a_remote_without_claims_in_the_same_run(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """file:// has no If-Match, so no shared claims: what a run pays for must still reach
+    the remote at once, not only when a later run serves it from the cache."""
+    path = write_pipeline(isolated / "p", "pushed", [frames_step("one", "a lighthouse")])
+    shared = isolated / "shared"
+    code, out, err = run_cli(["run", str(path), "--sim", "--sim-speed", "20", "--remote",
+                              f"file://{shared}", "--json"], capsys)
+    assert code == 0, err
+    step = json.loads(out)["steps"][0]
+    assert step["served_by"] is None and step["tasks"] == 1  # paid in this run
+    assert (shared / "ac" / step["key"]).is_file()
+    assert {p.name for p in (shared / "cas").rglob("*") if p.is_file()} >= {
+        o["sha256"] for o in step["outputs"].values()}

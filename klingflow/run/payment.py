@@ -51,6 +51,8 @@ class Payer:
         if board is None or remote is None or key is None:
             await self._generate(planned, result, request, lease=None, previous=None)
             kept()
+            if key is not None:  # a remote without shared claims still gets the result
+                self._sharing.share(self._cache, key)
             return PAID
         async with board.claim(key, step=planned.id, serve=remote.fetcher(key, self._cache),
                                on_wait=self._waiting(planned.id)) as got:

@@ -35,6 +35,13 @@ class Sharing:
     board: ClaimBoard | None = None
     pushes: PushQueue | None = None
 
+    def share(self, cache: Cache, key: str) -> None:
+        """Send a result this run has (made, or served locally) to the remote, in the
+        background; a remote that has it answers one request."""
+        entry = cache.lookup(key) if self.pushes is not None else None
+        if self.pushes is not None and entry is not None:
+            self.pushes.push_soon(entry)
+
 
 class Sources:
     def __init__(self, *, sharing: Sharing, collector: Collector, cache: Cache,
@@ -101,9 +108,4 @@ class Sources:
         return False
 
     def share(self, key: str) -> None:
-        """Send a result this run has (made, or served locally) to the remote, in the
-        background; a remote that has it answers one request."""
-        pushes = self._sharing.pushes
-        entry = self._cache.lookup(key) if pushes is not None else None
-        if pushes is not None and entry is not None:
-            pushes.push_soon(entry)
+        self._sharing.share(self._cache, key)
