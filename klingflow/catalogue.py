@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from klingflow.errors import KlingflowError
+from klingflow.errors import KlingflowError, UsageError
 from klingflow.files import write_atomically
 
 if TYPE_CHECKING:  # validation needs the records, not the HTTP client
@@ -165,8 +165,12 @@ def _file_name(text: str) -> str:
 def keep_catalogue(root: Path, catalogue: Catalogue) -> Path:
     """Keep `catalogue` as the newest of its backend and account; its path."""
     path = catalogue_path(root, catalogue.backend, catalogue.account)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, json.dumps(catalogue.to_json(), indent=1) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps(catalogue.to_json(), indent=1) + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot keep the effects catalogue under {root}: "
+                         f"{exc.strerror or exc}; check KLINGFLOW_HOME") from exc
     return path
 
 

@@ -21,6 +21,7 @@ from klingflow.errors import (
     EXIT_OK,
     KlingflowError,
     PipelineError,
+    UsageError,
 )
 
 if TYPE_CHECKING:  # imported when used, inside main(), where Ctrl-C is handled
@@ -176,7 +177,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir) if args.run_dir else find_run_dir(Path(args.out))
     report = load_report(run_dir)
-    page = write_html(report, run_dir) if args.format == "html" or args.open else None
+    try:
+        page = write_html(report, run_dir) if args.format == "html" or args.open else None
+    except OSError as exc:
+        raise UsageError(f"{run_dir}: cannot write report.html: {exc.strerror or exc}") from exc
     if args.format == "json":
         print(json.dumps(report, indent=2))
     elif args.format == "html":

@@ -64,3 +64,9 @@ def file_hash(path: Path) -> str:
     """SHA-256 of a file, remembered while the file is unchanged."""
     stat = os.stat(path)
     return _hash_of_file(path, stat.st_mtime_ns, stat.st_size)
+
+
+def real_path(path: Path) -> Path:
+    """`path.resolve()` that never raises: a symlink loop (RuntimeError on Python 3.11)
+    is left as it is, for the open that follows to report as a located error."""
+    return Path(os.path.realpath(path))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from klingflow.errors import UsageError
+from klingflow.files import real_path
 from klingflow.journal import Journal, JournalState
 
 
@@ -103,7 +104,7 @@ def _hold(path: Path, resume: str | None) -> int:
 
 
 def _check_owner(path: Path, prior: JournalState, owner: Owner) -> None:
-    mine = (owner.name, str(owner.path.resolve()), owner.backend)
+    mine = (owner.name, str(real_path(owner.path)), owner.backend)
     theirs = (prior.pipeline, prior.pipeline_path, prior.backend)
     for what, ours, recorded in zip(("pipeline", "pipeline file", "backend"), mine, theirs,
                                     strict=True):

@@ -27,6 +27,7 @@ from klingflow.cache.pushes import background_pushes
 from klingflow.cache.remote import RemoteCache
 from klingflow.client import POOL_LIMITS, KlingClient
 from klingflow.errors import Interrupted, RemoteCacheError, UsageError
+from klingflow.files import real_path
 from klingflow.journal import Journal
 from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
 from klingflow.lockfile import lock_path, read_lock
@@ -102,7 +103,7 @@ async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, options
                   on_event: OnEvent) -> RunReport:
     pipeline, started = plan.pipeline, time.time()
     journal = Journal(run_dir.path / "journal.jsonl", invocation=uuid.uuid4().hex[:12], header={
-        "event": "run", "pipeline": pipeline.name, "path": str(pipeline.path.resolve()),
+        "event": "run", "pipeline": pipeline.name, "path": str(real_path(pipeline.path)),
         "backend": settings.backend})
     try:
         async with sharing(settings, pipeline, cache, run_dir.path.name, on_event) as shared:
@@ -171,7 +172,7 @@ def _options(settings: Settings, pipeline: Pipeline) -> RunOptions:
 def _backend(settings: Settings, pipeline: Pipeline) -> contextlib.AbstractContextManager[Settings]:
     return open_backend(settings, accounts=pipeline.accounts.values(),
                         accept_urls={i.url for i in pipeline.inputs.values() if i.url},
-                        folder=pipeline.path.resolve().parent)
+                        folder=real_path(pipeline.path).parent)
 
 
 @contextlib.contextmanager
@@ -202,7 +203,7 @@ def fetch_effects(pipeline_path: Path | None, settings: Settings) -> list[KeptCa
     if settings.sim is None and not settings.token:
         raise UsageError(NO_TOKEN)
     declared = read_pipeline_accounts(pipeline_path) if pipeline_path else {}
-    folder = pipeline_path.resolve().parent if pipeline_path else Path.cwd()
+    folder = real_path(pipeline_path).parent if pipeline_path else Path.cwd()
     root = settings.cache_root(pipeline_path) if pipeline_path else \
         settings.home or Path(CACHE_DIR_NAME)
     with open_backend(settings, accounts=declared.values(), accept_urls=set(),

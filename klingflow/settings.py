@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from klingflow.cache import CACHE_DIR_NAME
 from klingflow.cache.location import RemoteSettings, remote_settings
 from klingflow.errors import UsageError
+from klingflow.files import real_path
 from klingflow.policy import PollPolicy
 
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
@@ -186,7 +187,7 @@ class Settings:
 
     def cache_root(self, pipeline_path: Path) -> Path:
         """KLINGFLOW_HOME, else `.klingflow/` beside the pipeline."""
-        return self.home if self.home else pipeline_path.resolve().parent / CACHE_DIR_NAME
+        return self.home if self.home else real_path(pipeline_path).parent / CACHE_DIR_NAME
 
     def sim_state_dir(self, folder: Path) -> Path:
         """Where the simulated service keeps its accounts, uploads and tasks: apart from

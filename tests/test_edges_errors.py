@@ -100,3 +100,61 @@ def test_a_run_that_recorded_something_keeps_its_directory(
     assert code == 2
     journal = only_run_dir(isolated / "runs", "errors") / "journal.jsonl"
     assert '"event": "submitted"' in journal.read_text(encoding="utf-8")
+
+
+# ---- found by hostile testing: each was exit 3 ("a bug") -------------------------------
+
+
+def test_a_pipeline_file_that_is_a_symlink_loop_is_a_located_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KLINGFLOW_HOME")  # the cache is looked for beside the file
+    (isolated / "loop.yaml").symlink_to("loop.yaml")
+    for command in (["validate"], ["plan", "--sim"]):
+        code, out, err = run_cli([command[0], "loop.yaml", *command[1:]], capsys)
+        assert (code, out) == (2, ""), command
+        assert err == ("loop.yaml:1:1: <document>: cannot read the file: Too many levels of "
+                       "symbolic links\n1 problem found\n")
+
+
+def test_a_cache_entry_of_the_wrong_shape_is_ignored_like_a_damaged_one(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    assert run_cli(["run", str(path), "--sim", *FAST], capsys)[0] == 0
+    entries = list((isolated / "home" / "entries").glob("*.json"))
+    assert len(entries) == 2
+    for entry, text in zip(entries, ('{"a": 1}', "[]"), strict=True):
+        entry.write_text(text)
+    path.with_name("errors.lock.yaml").unlink()  # else the lock would restore them
+    code, out, err = run_cli(["plan", str(path), "--sim"], capsys)
+    assert (code, err) == (0, "")
+    assert out.count("will run (new)") == 2
+
+
+def test_a_report_page_that_cannot_be_written_or_drawn_is_a_clear_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    assert run_cli(["run", str(path), "--sim", "--out", "runs", *FAST], capsys)[0] == 0
+    run_dir = only_run_dir(isolated / "runs", "errors")
+    (run_dir / "report.html").unlink()
+    (run_dir / "report.html").mkdir()  # where the page goes
+    code, _, err = run_cli(["report", str(run_dir), "--html"], capsys)
+    assert (code, err) == (2, f"klingflow: {run_dir}: cannot write report.html: Is a "
+                              "directory\n")
+    report = run_dir / "report.json"
+    report.write_text(report.read_text().replace('"started_at": "', '"started_at": "x', 1))
+    code, _, err = run_cli(["report", str(run_dir), "--html"], capsys)
+    assert code == 2
+    assert err.startswith(f"klingflow: {report}: not a klingflow run report: started_at: 'x")
+    assert err.endswith("' is not an ISO 8601 time\n")
+
+
+def test_a_home_where_the_catalogue_cannot_be_kept_is_a_clear_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (isolated / "home").mkdir()
+    (isolated / "home" / "effects").write_text("a file where a folder goes")
+    code, _, err = run_cli(["effects", "--sim"], capsys)
+    assert code == 2
+    assert err.startswith(f"klingflow: cannot keep the effects catalogue under "
+                          f"{isolated / 'home'}: ")
+    assert err.endswith("; check KLINGFLOW_HOME\n")

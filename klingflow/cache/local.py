@@ -43,10 +43,9 @@ class Cache:
     def lookup(self, key: str) -> CacheEntry | None:
         path = self.root / "entries" / f"{key}.json"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            entry = CacheEntry(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):  # gone, damaged, or not an entry's shape
             return None
-        entry = CacheEntry(**data)
         if not all(self.object_path(sha).exists() for sha in entry.outputs.values()):
             return None
         return entry

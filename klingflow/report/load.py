@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -54,3 +55,18 @@ def _check(report: Any, path: Path) -> None:
         where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
         raise UsageError(f"{path}: not a klingflow run report: {where.lstrip('.') or '<document>'}"
                          f": {error.message}")
+    for where, value in _times(report):
+        try:
+            dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"{path}: not a klingflow run report: {where}: {value!r} is "
+                             "not an ISO 8601 time") from None
+
+
+def _times(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every time the report gives (`..._at`), where it is: the page draws them."""
+    found = [(k, v) for k, v in report.items() if k.endswith("_at") and isinstance(v, str)]
+    for i, step in enumerate(report.get("steps") or []):
+        found += [(f"steps[{i}].{k}", v) for k, v in step.items()
+                  if k.endswith("_at") and isinstance(v, str)]
+    return found

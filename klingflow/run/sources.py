@@ -92,8 +92,12 @@ class Sources:
             raise StepFailed("local_files", f"locked task {task_id}'s clip could not be "
                              f"kept here: {exc}; run again to restore it at no cost") from exc
         result.key = key
-        await self._collector.keep(result, task_id=task.id, account=locked.account,
-                                   credits=locked.credits, request=request)
+        try:
+            await self._collector.keep(result, task_id=task.id, account=locked.account,
+                                       credits=locked.credits, request=request)
+        except OSError as exc:
+            raise StepFailed("local_files", f"locked task {task_id}'s clip could not be "
+                             f"kept here: {exc}; run again to restore it at no cost") from exc
         result.task_id, result.account = task.id, locked.account
         return True
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from klingflow.files import real_path
 from klingflow.spec.images import check_image, url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Account, Input, Output, PriceEntry
@@ -65,7 +66,7 @@ def _input(name: str, written: str, names: Names, base: Path) -> tuple[str | Non
         return url_problem(text), Input(name, url=text)
     if "://" in text or "\x00" in text:
         return f"{text!r} is neither an http(s) URL nor a local path", None
-    path = (base / text).resolve()
+    path = real_path(base / text)
     checked = check_image(path, text)
     return checked.problem, Input(name, path=path, content_type=checked.content_type)
 
