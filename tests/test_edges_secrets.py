@@ -227,3 +227,19 @@ async def test_a_service_that_echoes_the_token_in_its_error_is_masked(status: in
 
 async def _no_wait() -> None:
     return None
+
+
+@pytest.mark.parametrize("where", ["inputs", "step"])
+def test_an_image_url_with_credentials_is_refused_without_showing_them(
+        isolated: Path, capsys: pytest.CaptureFixture[str], where: str) -> None:
+    url = "https://bob:hunter2@cdn.example.com/sky.jpg"
+    image = "${inputs.sky}" if where == "inputs" else url
+    inputs = f'inputs: {{sky: "{url}"}}\n' if where == "inputs" else ""
+    path = isolated / "creds.yaml"
+    path.write_text(f"version: 1\nname: creds\n{inputs}steps:\n"
+                    f'  - {{id: s, kind: frames, image: "{image}", prompt: p}}\n')
+    code, out, err = run_cli(["validate", str(path)], capsys)
+    assert code == 2 and "hunter2" not in out + err and "bob" not in out + err
+    assert ("'https://***@cdn.example.com/sky.jpg' holds credentials (user:password@), which "
+            "would be sent to the service and kept in klingflow's files; give a URL without "
+            "them (a presigned URL works)\n1 problem found\n") in err

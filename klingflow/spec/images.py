@@ -118,9 +118,15 @@ def url_problem(text: str) -> str | None:
     if any(c.isspace() for c in text):
         return f"{text!r} is not a usable URL: it holds a space; write spaces as %20"
     try:
-        host = urlsplit(text).hostname
+        parts = urlsplit(text)
+        host = parts.hostname
     except ValueError as exc:
         return f"{text!r} is not a usable URL: {exc}"
+    if parts.username is not None or parts.password is not None:
+        shown = parts._replace(netloc=f"***@{parts.netloc.rpartition('@')[2]}").geturl()
+        return (f"{shown!r} holds credentials (user:password@), which would be sent to the "
+                "service and kept in klingflow's files; give a URL without them (a "
+                "presigned URL works)")
     if not host:
         return f"{text!r} is not a usable URL: it names no host; write https://HOST/PATH"
     return None
