@@ -30,7 +30,7 @@ from klingflow.errors import Interrupted, RemoteCacheError, UsageError
 from klingflow.files import real_path
 from klingflow.journal import Journal
 from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
-from klingflow.lockfile import lock_path, read_lock
+from klingflow.lockfile import Section, lock_path, read_lock
 from klingflow.outputs import INCOMPLETE, FilmResult, make_outputs
 from klingflow.outputs import INTERRUPTED as NOT_MADE_INTERRUPTED
 from klingflow.plan import Plan
@@ -77,7 +77,8 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     Nothing is uploaded or paid for until the service has answered and its accounts
     are known; a run directory is made (or taken) only then."""
     pipeline = plan.pipeline
-    read_lock(lock_path(pipeline.path))  # a lock that cannot be read stops it here
+    # read once, first: a lock that cannot be read stops the run before anything is sent
+    locked = read_lock(lock_path(pipeline.path)).steps(settings.backend)
     client = KlingClient(http, token=_token(settings), base_url=settings.base_url)
     accounts = await service_accounts(client, pipeline.accounts, base_url=settings.base_url,
                                       within=settings.run.connect_timeout, retrier=Retrier(),
@@ -93,20 +94,20 @@ async def run(plan: Plan, settings: Settings, *, http: httpx.AsyncClient, cache:
     run_dir = open_run_dir(settings.run.out, owner, settings.run.resume)
     try:
         return await _run_in(run_dir, plan, settings, options, client, cache, accounts,
-                             on_event)
+                             locked, on_event)
     finally:
         run_dir.close()
 
 
 async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, options: RunOptions,
                   client: KlingClient, cache: Cache, accounts: Mapping[str, Account],
-                  on_event: OnEvent) -> RunReport:
+                  locked: Section, on_event: OnEvent) -> RunReport:
     pipeline, started = plan.pipeline, time.time()
     journal = Journal(run_dir.path / "journal.jsonl", invocation=uuid.uuid4().hex[:12], header={
         "event": "run", "pipeline": pipeline.name, "path": str(real_path(pipeline.path)),
         "backend": settings.backend})
     try:
-        async with sharing(settings, pipeline, cache, run_dir.path.name, on_event) as shared:
+        async with sharing(settings, locked, cache, run_dir.path.name, on_event) as shared:
             executor = Executor(pipeline=pipeline, plan=plan, client=client,
                                 run_dir=run_dir.path, journal=journal, cache=cache,
                                 options=options, accounts=accounts, prior=run_dir.prior,
@@ -138,12 +139,11 @@ async def _run_in(run_dir: RunDirectory, plan: Plan, settings: Settings, options
 
 
 @contextlib.asynccontextmanager
-async def sharing(settings: Settings, pipeline: Pipeline, cache: Cache, run_id: str,
+async def sharing(settings: Settings, locked: Section, cache: Cache, run_id: str,
                   on_event: OnEvent) -> AsyncIterator[Sharing]:
-    """What the run shares with other machines: the lock's section for its backend and,
-    with a remote, the remote cache, its claims (where the store can carry them) and
-    the pushes of finished steps (the run's end waits for those still going)."""
-    locked = read_lock(lock_path(pipeline.path)).steps(settings.backend)
+    """What the run shares with other machines: `locked`, the lock's section for its
+    backend and, with a remote, the remote cache, its claims (where the store can carry
+    them) and the pushes of finished steps (the run's end waits for those still going)."""
     if settings.remote is None:
         yield Sharing(locked=locked)
         return
