@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,3 +222,45 @@ async def run_in_process(pipeline_path: Path, config: SimConfig, run_dir: Path, 
         ledger, stats = service.ledger(), service.stats()
     journal.close()
     return InProcessRun(executor, results, ledger, stats, service)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether `predicate()` came true within `timeout` seconds (looked at every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def journal_has_submitted(runs: Path) -> bool:
+    """Whether a run under `runs` (RUNS/PIPELINE/ID) has journalled a submitted task."""
+    return any('"event": "submitted"' in journal.read_text(encoding="utf-8")
+               for journal in runs.glob("*/*/journal.jsonl"))
+
+
+def finish_process(process: subprocess.Popen[str],
+                   timeout: float = 60) -> tuple[int, str, str]:
+    """The child's exit code, stdout and stderr; killed if it outlives `timeout`."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out, err
+
+
+def ctrl_c_when(process: subprocess.Popen[str], ready: Callable[[], bool], *, wait: float,
+                timeout: float) -> tuple[bool, int, str, str]:
+    """Ctrl-C (SIGINT) to the child once `ready()` holds, or after `wait` seconds; then
+    whether it was ready, and its exit code, stdout and stderr (see finish_process)."""
+    try:
+        seen = wait_for(ready, wait)
+        process.send_signal(signal.SIGINT)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return (seen, *finish_process(process, timeout))

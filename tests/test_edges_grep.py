@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import pytest
 from klingflow.sim import SimConfig
 from tests.runhelpers import (
     ROOT,
+    ctrl_c_when,
     external_sim,
     frames_step,
     only_run_dir,
@@ -49,15 +48,6 @@ def _step(step_id: str, prompt: str, **fields: Any) -> dict[str, Any]:
     return frames_step(step_id, prompt, timeout=20, **fields)
 
 
-def _wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _interrupted_run(isolated: Path, path: Path, runs: Path) -> tuple[int, str, str]:
     """`klingflow run` in a child process, Ctrl-C once a task is submitted."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -71,15 +61,9 @@ def _interrupted_run(isolated: Path, path: Path, runs: Path) -> tuple[int, str, 
         return any('"event": "submitted"' in j.read_text(encoding="utf-8")
                    for j in journal.glob("*/journal.jsonl"))
 
-    try:
-        assert _wait_for(submitted, 60), "no task was submitted"
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out, err
+    seen, code, out, err = ctrl_c_when(process, submitted, wait=60, timeout=60)
+    assert seen, "no task was submitted"
+    return code, out, err
 
 
 def test_no_file_or_output_of_any_run_holds_the_token_or_url_credentials(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.runhelpers import ROOT, frames_step, write_pipeline
+from tests.runhelpers import ROOT, finish_process, frames_step, write_pipeline
 
 FAST = ["--sim-speed", "10", "--poll-interval", "0.05"]
 DRIVER = """
@@ -62,16 +62,6 @@ def _start(isolated: Path, argv: list[str], patch: str = "") -> subprocess.Popen
     return process
 
 
-def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
-    try:
-        out, err = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return process.returncode, out, err
-
-
 def _leftovers(root: Path) -> list[Path]:
     """Temporary files (write_atomically's `.NAME.<hex>.tmp`) anywhere under `root`."""
     return [p for p in root.rglob("*.tmp")]
@@ -94,7 +84,7 @@ def test_ctrl_c_at_any_moment_of_a_run_ends_cleanly(isolated: Path, delay: float
     process = _start(isolated, ["run", str(path), "--sim", "--out", str(runs), *FAST])
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
-    code, out, err = _finish(process)
+    code, out, err = finish_process(process)
     assert "Traceback" not in err
     if code in (0, -signal.SIGINT):  # over before the signal came, or main() had returned
         assert out.endswith("/report.json\n") and _klingflow_lines(err) == [], (out, err)
@@ -116,7 +106,7 @@ def test_ctrl_c_during_other_commands_ends_cleanly(isolated: Path, delay: float)
         process = _start(isolated, argv)
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
-        code, out, err = _finish(process)
+        code, out, err = finish_process(process)
         assert "Traceback" not in err, argv
         if code in (0, -signal.SIGINT):  # over before the signal came, or main() had returned
             assert out and _klingflow_lines(err) == [], (argv, out, err)
@@ -135,7 +125,7 @@ def test_sim_serve_on_port_0_says_the_port_it_took_and_stops_on_ctrl_c(
     port = int(banner.split("http://127.0.0.1:")[1].split("/")[0])
     assert 0 < port < 65536
     process.send_signal(signal.SIGINT)
-    code, _, err = _finish(process)
+    code, _, err = finish_process(process)
     assert (code, _klingflow_lines(err)) == (130, ["klingflow: interrupted"]), err
 
 
@@ -144,11 +134,11 @@ def test_ctrl_c_during_the_lock_write_of_klingflow_lock(isolated: Path) -> None:
     path = _pipeline(isolated / "p")
     process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
                                 *FAST])
-    assert _finish(process)[0] == 0
+    assert finish_process(process)[0] == 0
     lock = path.parent / "ctrl-c.lock.yaml"
     before = lock.read_bytes()
     process = _start(isolated, ["lock", str(path), "--sim"], SIGINT_DURING_LOCK_WRITE)
-    code, out, err = _finish(process)
+    code, out, err = finish_process(process)
     assert (code, out, _klingflow_lines(err)) == (130, "", ["klingflow: interrupted"]), err
     assert "Traceback" not in err
     assert _leftovers(isolated) == []
@@ -159,7 +149,7 @@ def test_ctrl_c_during_the_final_lock_write_of_a_run(isolated: Path) -> None:
     path = _pipeline(isolated / "p")
     process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
                                 *FAST], SIGINT_DURING_LOCK_WRITE)
-    code, _, err = _finish(process)
+    code, _, err = finish_process(process)
     assert code == 130, err
     assert _klingflow_lines(err) == ["klingflow: interrupted"], err
     assert "Traceback" not in err
@@ -171,7 +161,7 @@ def test_ctrl_c_before_the_run_recorded_anything_leaves_no_run_directory(
     path = _pipeline(isolated / "p")
     process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
                                 *FAST], SIGINT_AT_FIRST_UPLOAD)
-    code, out, err = _finish(process)
+    code, out, err = finish_process(process)
     assert (code, out) == (130, ""), err
     assert _klingflow_lines(err) == ["klingflow: interrupted before the run recorded "
                                      "anything: nothing to resume"], err

@@ -6,10 +6,8 @@ the film incomplete, the exit code 1 and the page saying why."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,9 @@ from klingflow.spec import load_pipeline
 from tests.conftest import EXAMPLE_FILES, ROOT
 from tests.runhelpers import (
     copy_examples,
+    ctrl_c_when,
     frames_step,
+    journal_has_submitted,
     only_run_dir,
     read_report,
     run_cli,
@@ -148,11 +148,6 @@ def test_a_failed_part_leaves_the_film_incomplete(isolated: Path,
     assert "[moderation] " in page
 
 
-def _journal_has_submitted(runs: Path) -> bool:
-    return any('"event": "submitted"' in journal.read_text(encoding="utf-8")
-               for journal in runs.glob("*/*/journal.jsonl"))
-
-
 def test_an_interrupted_run_writes_its_page_and_resume_makes_the_film(
         isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write_pipeline(isolated / "p", "stopped", [
@@ -165,17 +160,9 @@ def test_an_interrupted_run_writes_its_page_and_resume_makes_the_film(
     process = subprocess.Popen(
         [sys.executable, "-m", "klingflow", "run", str(path), "--sim", "--out", str(runs)],
         cwd=isolated, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 30
-        while not _journal_has_submitted(runs) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, out + err
+    _, code, out, err = ctrl_c_when(process, lambda: journal_has_submitted(runs), wait=30,
+                                    timeout=30)
+    assert code == 130, out + err
     run_dir = only_run_dir(runs, "stopped")
     film = read_report(run_dir)["outputs"]["film"]
     assert (film["status"], film["path"]) == ("incomplete", None)

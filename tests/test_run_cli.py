@@ -6,10 +6,8 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,8 +18,10 @@ from klingflow.sim import SimConfig
 from tests.runhelpers import (
     ROOT,
     copy_examples,
+    ctrl_c_when,
     external_sim,
     frames_step,
+    journal_has_submitted,
     only_run_dir,
     read_journal,
     read_report,
@@ -30,22 +30,6 @@ from tests.runhelpers import (
 )
 
 SECRET = "user:42-fake-TOPSECRET-klingflow-token"
-
-
-def _wait_for(predicate: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _journal_has_submitted(runs: Path) -> bool:
-    for journal in runs.glob("*/*/journal.jsonl"):
-        if '"event": "submitted"' in journal.read_text(encoding="utf-8"):
-            return True
-    return False
 
 
 def test_ctrl_c_leaves_a_valid_report_and_exits_130(isolated: Path) -> None:
@@ -59,15 +43,10 @@ def test_ctrl_c_leaves_a_valid_report_and_exits_130(isolated: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "klingflow", "run", str(path), "--sim", "--out", str(runs)],
         cwd=isolated, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert _wait_for(lambda: _journal_has_submitted(runs), 30), "no task was submitted"
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 130, out + err
+    seen, code, out, err = ctrl_c_when(process, lambda: journal_has_submitted(runs),
+                                       wait=30, timeout=30)
+    assert seen, "no task was submitted"
+    assert code == 130, out + err
     assert err.endswith("klingflow: interrupted; continue with --resume\n"), err
     report = read_report(only_run_dir(runs, "interrupt"))  # validated by the schema
     assert report["status"] == "interrupted"
