@@ -110,7 +110,12 @@ def run(path: Path, home: Path, base: str, out: Path) -> tuple[dict[str, Any], f
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"the run failed; see {out.parent / f'{path.stem}.log'}")
-    report: dict[str, Any] = json.loads(output)
+    try:
+        report: dict[str, Any] = json.loads(output)
+    except json.JSONDecodeError as exc:
+        saved = out.parent / f"{path.stem}.stdout"
+        saved.write_text(output)
+        sys.exit(f"the run's --json output is not JSON ({exc}); it is in {saved}")
     return report, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 

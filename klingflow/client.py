@@ -11,6 +11,7 @@ executor's job (the API has no idempotency key).
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -285,12 +286,14 @@ class KlingClient:
         body = response.json()
         return Asset(url=str(body["url"]), file_name=str(body.get("fileName") or ""))
 
-    async def download(self, url: str, dest: Path) -> None:
-        """Stream a result file to `dest` (written whole or not at all).
+    async def download(self, url: str, dest: Path) -> str:
+        """Stream a result file to `dest` (written whole or not at all); its SHA-256,
+        hashed as it arrives.
 
         A signed URL that expired answers 403: `ForbiddenError` - fetch the task again.
         """
         part = dest.with_name(dest.name + ".part")
+        digest = hashlib.sha256()
         try:
             async with self._downloads, \
                     self._http.stream("GET", url, timeout=DOWNLOAD_TIMEOUT) as response:
@@ -300,9 +303,11 @@ class KlingClient:
                 with part.open("wb") as out:
                     async for chunk in response.aiter_bytes():
                         out.write(chunk)
+                        digest.update(chunk)
         except (httpx.HTTPError, httpx.InvalidURL, UnicodeEncodeError) as exc:
             raise _not_answered(exc, "GET", url) from _shown_cause(exc)
         part.replace(dest)
+        return digest.hexdigest()
 
     # ---- plumbing ----------------------------------------------------------
 

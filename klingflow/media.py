@@ -38,6 +38,7 @@ __all__ = [
     "VideoInfo",
     "concat",
     "extract_first_frame",
+    "extract_frames",
     "extract_last_frame",
     "fit_image",
     "frame_difference",
@@ -538,14 +539,36 @@ def extract_last_frame(video: Path, out_png: Path) -> FrameResult:
     only when that seek fails or yields nothing. `frames_decoded` counts both.
     """
     with _open_video(video) as (container, stream):
-        frame, count = None, 0
-        if _seek_to_last_keyframe(container, stream):
-            frame, count = _latest(container.decode(stream))
+        frame, count = _last_from_keyframe(container, stream)
         if frame is not None:
             return _finish(video, out_png, frame, count)
+    return _last_by_full_decode(video, out_png, count)
+
+
+def extract_frames(video: Path, first_png: Path, last_png: Path) -> tuple[FrameResult, FrameResult]:
+    """`extract_first_frame` and `extract_last_frame` from one opening of the file
+    (a run takes both from every clip it collects)."""
     with _open_video(video) as (container, stream):
-        frame, full_count = _latest(container.decode(stream))
-        return _finish(video, out_png, frame, count + full_count)
+        frame = next(iter(container.decode(stream)), None)
+        first = _finish(video, first_png, frame, 1 if frame is not None else 0)
+        frame, count = _last_from_keyframe(container, stream)
+        if frame is not None:
+            return first, _finish(video, last_png, frame, count)
+    return first, _last_by_full_decode(video, last_png, count)
+
+
+def _last_from_keyframe(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[av.VideoFrame | None, int]:
+    if _seek_to_last_keyframe(container, stream):
+        return _latest(container.decode(stream))
+    return None, 0
+
+
+def _last_by_full_decode(video: Path, out_png: Path, decoded_before: int) -> FrameResult:
+    with _open_video(video) as (container, stream):
+        frame, count = _latest(container.decode(stream))
+        return _finish(video, out_png, frame, decoded_before + count)
 
 
 # ---- concatenation ------------------------------------------------------------------

@@ -24,12 +24,12 @@ def _pipeline(folder: Path) -> Path:
 
 
 def _failing_frames(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
-    """Extracting a clip's last frame (in a worker thread, inside the run's task groups)
+    """Extracting a clip's frames (in a worker thread, inside the run's task groups)
     raises `error`."""
-    def fail(video: Path, out_png: Path) -> None:
+    def fail(video: Path, first_png: Path, last_png: Path) -> None:
         raise error
 
-    monkeypatch.setattr(media, "extract_last_frame", fail)
+    monkeypatch.setattr(media, "extract_frames", fail)
 
 
 def test_a_klingflow_error_from_inside_the_task_groups_is_itself(

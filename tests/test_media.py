@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from klingflow.media import (
     MediaError,
     concat,
     extract_first_frame,
+    extract_frames,
     extract_last_frame,
     fit_image,
     probe,
@@ -224,6 +226,23 @@ def test_last_frame_falls_back_to_a_full_decode_when_the_seek_fails(
     assert result.frames_decoded == 120
     assert _mad(Image.open(result.path), fit_image(end, SIZE)) < 6
     assert probe(video).frames == 120
+
+
+@pytest.mark.parametrize("container_format", ["mp4", "mpegts", "h264"])
+def test_both_frames_from_one_opening_are_the_two_extractions(
+    clips: Path, tmp_path: Path, container_format: str
+) -> None:
+    """A run takes both frames at once; after the first frame, it must still seek (or
+    fall back to a full decode) exactly as `extract_last_frame` does."""
+    video = _remuxed(clips / "five.mp4", tmp_path / f"five.{container_format}", container_format)
+    first = extract_first_frame(video, tmp_path / "first.png")
+    last = extract_last_frame(video, tmp_path / "last.png")
+
+    both = extract_frames(video, tmp_path / "both.first.png", tmp_path / "both.last.png")
+
+    assert both == (replace(first, path=both[0].path), replace(last, path=both[1].path))
+    assert Image.open(both[0].path).tobytes() == Image.open(first.path).tobytes()
+    assert Image.open(both[1].path).tobytes() == Image.open(last.path).tobytes()
 
 
 # ---- colour: each stream's own matrix and range -------------------------------------

@@ -28,6 +28,7 @@ from klingflow.errors import (
     TransportError,
     UnauthorizedError,
 )
+from klingflow.files import sha256_file
 from klingflow.run import StepStatus
 from klingflow.sim import Faults, SimConfig, create_app, sim_transport
 from tests.runhelpers import IN_PROCESS_BASE, frames_step, no_sleep, run_in_process, write_pipeline
@@ -74,7 +75,8 @@ async def test_submit_poll_list_scheduler_download(tmp_path: Path) -> None:
         assert done.video is not None and done.video.duration_ms == 5000
         assert await client.scheduler() == []
         clip = tmp_path / "clip.mp4"
-        await client.download(done.video.url, clip)
+        digest = await client.download(done.video.url, clip)
+        assert digest == sha256_file(clip)
         assert media.probe(clip).duration == pytest.approx(5.0, abs=0.1)
         assert not (tmp_path / "clip.mp4.part").exists()
 

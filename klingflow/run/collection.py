@@ -93,29 +93,23 @@ class Collector:
                        email: str | None) -> None:
         """The clip into the run directory, hashed (`result.outputs["video"]`)."""
         video = self.path_of(step, "video")
-        await self._download(step, task, email, video)
-        result.outputs["video"] = OutputFile(video, await anyio.to_thread.run_sync(
-            sha256_file, video))
+        result.outputs["video"] = OutputFile(video, await self._download(step, task, email,
+                                                                         video))
 
     async def frames(self, step: Step, result: StepResult) -> None:
         """The downloaded clip's first and last frames, extracted and hashed."""
         video = result.outputs["video"].path
         first, last = self.path_of(step, "first_frame"), self.path_of(step, "last_frame")
-        await anyio.to_thread.run_sync(media.extract_first_frame, video, first)
-        await anyio.to_thread.run_sync(media.extract_last_frame, video, last)
-        for attr, path in (("first_frame", first), ("last_frame", last)):
-            result.outputs[attr] = OutputFile(path, await anyio.to_thread.run_sync(
-                sha256_file, path))
+        result.outputs.update(await anyio.to_thread.run_sync(_frames, video, first, last))
 
-    async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> None:
-        """Download at once; a signed URL that expired (403) is refreshed by a new GET."""
+    async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> str:
+        """Download at once (the file's SHA-256); a signed URL that expired (403) is refreshed by a new GET."""
         backoff = self._retrier.backoff(DOWNLOADS)
         while True:
             if task.video is None:
                 raise StepFailed("no_video", f"task {task.id} succeeded without a video")
             try:
-                await self._client.download(task.video.url, dest)
-                return
+                return await self._client.download(task.video.url, dest)
             except (ForbiddenError, NotFoundError, TransportError, ServerError) as exc:
                 try:
                     await backoff.wait(exc)
@@ -149,6 +143,13 @@ class Collector:
                            {a: o.sha256 for a, o in result.outputs.items()}, request)
         await anyio.to_thread.run_sync(self._cache.store, entry,
                                        {a: o.path for a, o in result.outputs.items()})
+
+
+def _frames(video: Path, first: Path, last: Path) -> dict[str, OutputFile]:
+    """The clip's first and last frames, extracted and hashed in one worker thread."""
+    media.extract_frames(video, first, last)
+    return {"first_frame": OutputFile(first, sha256_file(first)),
+            "last_frame": OutputFile(last, sha256_file(last))}
 
 
 def _eta_end(expected: float | None, elapsed: float, eta_ms: int | None) -> float | None:
