@@ -17,7 +17,13 @@ import av
 import numpy as np
 from PIL import Image
 
-from klingflow.media import extract_last_frame, probe, render_clip
+from klingflow.media import (
+    extract_first_frame,
+    extract_frames,
+    extract_last_frame,
+    probe,
+    render_clip,
+)
 
 RENDER_TARGET_S = 0.3
 
@@ -94,10 +100,36 @@ def bench_last_frame(folder: Path) -> None:
     print(f"  last frame at                 {result.pts_seconds:6.3f} s of {info.duration:g} s")
 
 
+def cpu_ms(action: Callable[[], object], repeats: int) -> float:
+    """Mean CPU milliseconds of `action` (all threads of this process)."""
+    began = time.process_time()
+    for _ in range(repeats):
+        action()
+    return (time.process_time() - began) / repeats * 1000
+
+
+def bench_both_frames(folder: Path) -> None:
+    """What a run does with every clip it collects: take its first and last frames."""
+    clips = {"400x304 2 fps, gop 4 (bench_scale's clip)": (folder / "cheap.mp4", 2, 4, (400, 304)),
+             "1920x1080 24 fps, gop 48": (folder / "hd.mp4", 24, 48, (1920, 1080))}
+    print("first and last frames as PNGs, CPU per clip (mean of 20):")
+    for label, (video, fps, gop, size) in clips.items():
+        if not video.exists():
+            render_clip(video, start=picture(*size, 0), end=picture(*size, 2), duration=5,
+                        size=size, fps=fps, gop=gop)
+        first, last = folder / "first.png", folder / "last.png"
+        one = cpu_ms(lambda: extract_frames(video, first, last), 20)  # noqa: B023
+        two = cpu_ms(lambda: (extract_first_frame(video, first),  # noqa: B023
+                              extract_last_frame(video, last)), 20)  # noqa: B023
+        print(f"  {label:42s} extract_frames {one:6.1f} ms   "
+              f"first + last apart {two:6.1f} ms")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="klingflow-bench-") as tmp:
         bench_render(Path(tmp))
         bench_last_frame(Path(tmp))
+        bench_both_frames(Path(tmp))
 
 
 if __name__ == "__main__":

@@ -388,9 +388,13 @@ def render_clip(
 
 @contextmanager
 def _open_video(
-    path: Path,
+    path: Path, *, threads: bool = True,
 ) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
-    """The file's first video stream; every av failure becomes a `MediaError`."""
+    """The file's first video stream; every av failure becomes a `MediaError`.
+
+    `threads`: let the decoder use threads. Frame extraction does not: it decodes a
+    few frames, and starting the decoder's threads costs more CPU (and on 2 cores, more
+    time) than they save; a run extracts many clips' frames at once anyway."""
     try:
         container = av.open(str(path))
     except FileNotFoundError as exc:
@@ -401,7 +405,10 @@ def _open_video(
         if not container.streams.video:
             raise MediaError(path, "has no video stream")
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        if threads:
+            stream.thread_type = "AUTO"
+        else:
+            stream.codec_context.thread_count = 1
         try:
             yield container, stream
         except av.FFmpegError as exc:
@@ -527,7 +534,7 @@ def _finish(video: Path, out_png: Path, frame: av.VideoFrame | None, count: int)
 
 def extract_first_frame(video: Path, out_png: Path) -> FrameResult:
     """The first frame shown (the decoder's first output) as a PNG."""
-    with _open_video(video) as (container, stream):
+    with _open_video(video, threads=False) as (container, stream):
         frame = next(iter(container.decode(stream)), None)
         return _finish(video, out_png, frame, 1 if frame is not None else 0)
 
@@ -538,7 +545,7 @@ def extract_last_frame(video: Path, out_png: Path) -> FrameResult:
     Seeks to the last keyframe and decodes to the end; decodes the whole stream
     only when that seek fails or yields nothing. `frames_decoded` counts both.
     """
-    with _open_video(video) as (container, stream):
+    with _open_video(video, threads=False) as (container, stream):
         frame, count = _last_from_keyframe(container, stream)
         if frame is not None:
             return _finish(video, out_png, frame, count)
@@ -548,7 +555,7 @@ def extract_last_frame(video: Path, out_png: Path) -> FrameResult:
 def extract_frames(video: Path, first_png: Path, last_png: Path) -> tuple[FrameResult, FrameResult]:
     """`extract_first_frame` and `extract_last_frame` from one opening of the file
     (a run takes both from every clip it collects)."""
-    with _open_video(video) as (container, stream):
+    with _open_video(video, threads=False) as (container, stream):
         frame = next(iter(container.decode(stream)), None)
         first = _finish(video, first_png, frame, 1 if frame is not None else 0)
         frame, count = _last_from_keyframe(container, stream)
@@ -566,7 +573,7 @@ def _last_from_keyframe(
 
 
 def _last_by_full_decode(video: Path, out_png: Path, decoded_before: int) -> FrameResult:
-    with _open_video(video) as (container, stream):
+    with _open_video(video, threads=False) as (container, stream):
         frame, count = _latest(container.decode(stream))
         return _finish(video, out_png, frame, decoded_before + count)
 
