@@ -41,12 +41,9 @@ from klingflow.policy import Retrier, RetryPolicy, Sleep
 DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 API_CALLS_AT_ONCE = 12
 DOWNLOADS_AT_ONCE = 4
-POOL_LIMITS = httpx.Limits(max_connections=API_CALLS_AT_ONCE + DOWNLOADS_AT_ONCE,
-                           max_keepalive_connections=API_CALLS_AT_ONCE + DOWNLOADS_AT_ONCE)
-"""For the httpx.AsyncClient a KlingClient is given. KlingClient keeps its own calls
-within the pool's size, so requests never queue inside httpcore's pool: its queue is
-quadratic in its length, and every request checks every idle connection, so a
-small pool costs less CPU (at 2,500 tasks in flight, the pool was most of it)."""
+CONNECTIONS = API_CALLS_AT_ONCE + DOWNLOADS_AT_ONCE
+"""For the httpx.AsyncClient a KlingClient is given (`lanes.http_client(CONNECTIONS)`).
+KlingClient keeps its own calls within it, so requests never queue inside httpx."""
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=10.0)
 

@@ -25,10 +25,11 @@ from klingflow.cache import CACHE_DIR_NAME, Cache
 from klingflow.cache.claims import Owner as ClaimOwner
 from klingflow.cache.pushes import background_pushes
 from klingflow.cache.remote import RemoteCache
-from klingflow.client import POOL_LIMITS, KlingClient
+from klingflow.client import CONNECTIONS, KlingClient
 from klingflow.errors import Interrupted, RemoteCacheError, UsageError
 from klingflow.files import real_path
 from klingflow.journal import Journal
+from klingflow.lanes import http_client
 from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
 from klingflow.lockfile import Section, lock_path, read_lock
 from klingflow.outputs import INCOMPLETE, FilmResult, make_outputs
@@ -65,7 +66,7 @@ def run_pipeline(plan: Plan, settings: Settings, *,
 
 
 async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) -> RunReport:
-    async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
+    async with http_client(CONNECTIONS) as http:
         cache = open_cache(settings, plan.pipeline.path)
         return await run(plan, settings, http=http, cache=cache, on_event=on_event)
 
@@ -213,7 +214,7 @@ def fetch_effects(pipeline_path: Path | None, settings: Settings) -> list[KeptCa
 
 async def _fetch_effects(settings: Settings, declared: Mapping[str, Account],
                          root: Path) -> list[KeptCatalogue]:
-    async with httpx.AsyncClient(limits=POOL_LIMITS) as http:
+    async with http_client(CONNECTIONS) as http:
         client = KlingClient(http, token=_token(settings), base_url=settings.base_url)
         accounts = await service_accounts(client, declared, base_url=settings.base_url,
                                           within=settings.run.connect_timeout,
