@@ -87,7 +87,8 @@ def test_ctrl_c_at_any_moment_of_a_run_ends_cleanly(isolated: Path, delay: float
     code, out, err = finish_process(process)
     assert "Traceback" not in err
     if code in (0, -signal.SIGINT):  # over before the signal came, or main() had returned
-        assert out.endswith("/report.json\n") and _klingflow_lines(err) == [], (out, err)
+        # the summary's last line is the review page (`review: RUN_DIR/report.html`)
+        assert out.endswith("/report.html\n") and _klingflow_lines(err) == [], (code, out, err)
     else:
         assert code == 130, err
         assert len(_klingflow_lines(err)) == 1, err
