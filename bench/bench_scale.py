@@ -11,8 +11,9 @@ measured). Tasks take --task-seconds. The runs share one KLINGFLOW_HOME, so the
 later ones poll with the durations the earlier ones learnt, as a user's runs do.
 
 Printed per size: makespan / lower bound (max(critical path, total task time /
-2,500 slots)), klingflow's CPU seconds per step (user + system, from wait4), its
-peak RSS, and HTTP requests per task by route.
+2,500 slots)), klingflow's CPU seconds per step (user + system, from wait4; and of
+it, what taking one clip's two frames costs, timed apart), its peak RSS, and HTTP
+requests per task by route.
 Targets: ratio <= 1.05 at 2,500 tasks in flight; < 5 ms CPU per step; memory
 growing linearly and under 500 MB at 5,000 steps.
 """
@@ -31,11 +32,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+
+from klingflow import media
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "user:1-bench-scale"
@@ -97,7 +101,7 @@ def write_pipeline(folder: Path, steps: int, name: str) -> Path:
     return path
 
 
-def run(path: Path, home: Path, base: str, out: Path) -> tuple[dict[str, Any], float, float]:
+def run(path: Path, home: Path, base: str, out: Path) -> tuple[dict[str, Any], Cpu, float]:
     """(report, CPU seconds, peak RSS in MB) of one `klingflow run`."""
     env = {**os.environ, "USEAPI_TOKEN": TOKEN, "KLINGFLOW_API_BASE": base,
            "KLINGFLOW_HOME": str(home)}
@@ -116,7 +120,30 @@ def run(path: Path, home: Path, base: str, out: Path) -> tuple[dict[str, Any], f
         saved = out.parent / f"{path.stem}.stdout"
         saved.write_text(output)
         sys.exit(f"the run's --json output is not JSON ({exc}); it is in {saved}")
-    return report, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return report, Cpu(usage.ru_utime, usage.ru_stime), usage.ru_maxrss / 1024
+
+
+@dataclass(frozen=True)
+class Cpu:
+    user: float
+    system: float
+
+    @property
+    def total(self) -> float:
+        return self.user + self.system
+
+
+def frames_cpu_ms(report: dict[str, Any]) -> float:
+    """CPU milliseconds that taking the first and last frames of one of the run's clips
+    costs, timed apart in this process: the part of a step's CPU that is media work."""
+    video = Path(report["run_dir"]) / next(step["outputs"]["video"]["path"]
+                                          for step in report["steps"] if step["outputs"])
+    with tempfile.TemporaryDirectory() as tmp:
+        first, last = Path(tmp) / "first.png", Path(tmp) / "last.png"
+        began = time.process_time()
+        for _ in range(20):
+            media.extract_frames(video, first, last)
+        return (time.process_time() - began) / 20 * 1000
 
 
 def seconds(iso: str) -> float:
@@ -133,10 +160,14 @@ def measure(steps: int, task_seconds: float, folder: Path, base: str) -> None:
     makespan = seconds(report["finished_at"]) - seconds(report["started_at"])
     bound = max(2 * task_seconds, steps * task_seconds / (ACCOUNTS * JOBS))
     done = sum(s["status"] == "succeeded" for s in report["steps"])
+    per_step = cpu.total / steps * 1000
     print(f"{steps:>6} steps  {done:>6} succeeded  makespan {makespan:7.1f} s  "
           f"bound {bound:6.1f} s  ratio {makespan / bound:5.3f}  "
-          f"CPU {cpu:6.1f} s = {cpu / steps * 1000:5.2f} ms/step  peak RSS {rss:6.1f} MB  "
+          f"CPU {cpu.total:6.1f} s = {per_step:5.2f} ms/step  peak RSS {rss:6.1f} MB  "
           f"(wall {wall:.1f} s)")
+    print(f"        CPU per step: user {cpu.user / steps * 1000:.2f} ms, system "
+          f"{cpu.system / steps * 1000:.2f} ms; of it, taking the clip's two frames "
+          f"{frames_cpu_ms(report):.2f} ms (timed apart)")
     requests = {k: v - stats_before["requests"].get(k, 0) for k, v in stats["requests"].items()}
     tasks = stats["tasks"] - stats_before["tasks"]
     print("        requests per task: " + ", ".join(
