@@ -103,7 +103,8 @@ class Collector:
         result.outputs.update(await anyio.to_thread.run_sync(_frames, video, first, last))
 
     async def _download(self, step: Step, task: Task, email: str | None, dest: Path) -> str:
-        """Download at once (the file's SHA-256); a signed URL that expired (403) is refreshed by a new GET."""
+        """Download at once; the file's SHA-256. A signed URL that expired (403) is
+        refreshed by a new GET."""
         backoff = self._retrier.backoff(DOWNLOADS)
         while True:
             if task.video is None:
