@@ -110,7 +110,7 @@ def cpu_ms(action: Callable[[], object], repeats: int) -> float:
 
 def bench_both_frames(folder: Path) -> None:
     """What a run does with every clip it collects: take its first and last frames."""
-    clips = {"400x304 2 fps, gop 4 (bench_scale's clip)": (folder / "cheap.mp4", 2, 4, (400, 304)),
+    clips = {"400x304 2 fps, gop 4 (bench_scale's size)": (folder / "cheap.mp4", 2, 4, (400, 304)),
              "1920x1080 24 fps, gop 48": (folder / "hd.mp4", 24, 48, (1920, 1080))}
     print("first and last frames as PNGs, CPU per clip (mean of 20):")
     for label, (video, fps, gop, size) in clips.items():
