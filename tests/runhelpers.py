@@ -10,12 +10,14 @@ import contextlib
 import json
 import shutil
 import signal
+import socketserver
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import jsonschema
@@ -264,3 +266,19 @@ def ctrl_c_when(process: subprocess.Popen[str], ready: Callable[[], bool], *, wa
         process.wait()
         raise
     return (seen, *finish_process(process, timeout))
+
+
+_Server = TypeVar("_Server", bound=socketserver.BaseServer)
+
+
+@contextlib.contextmanager
+def serving(server: _Server) -> Iterator[_Server]:
+    """`server` answering on a thread of its own for the block; shut down and closed
+    after it."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from klingflow.lanes import Lanes, http_client
+from tests.runhelpers import serving
 
 pytestmark = pytest.mark.anyio
 
@@ -137,11 +137,5 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def recording_server() -> Iterator[RecordingServer]:
-    server = RecordingServer()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(RecordingServer()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()

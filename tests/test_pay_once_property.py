@@ -60,6 +60,7 @@ import pytest
 
 from klingflow.sim import Faults, SimConfig, running_simulator
 from klingflow.sim.replies import SERVER_ERROR
+from tests.runhelpers import serving
 from tests.test_never_pay_twice import (
     ACCOUNTS,
     TOKEN,
@@ -553,14 +554,8 @@ class LosingProxy(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def losing_proxy(sim_url: str, losses: int) -> Iterator[LosingProxy]:
-    proxy = LosingProxy(sim_url, losses)
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(LosingProxy(sim_url, losses)) as proxy:
         yield proxy
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
 
 
 @pytest.mark.parametrize("change", ["force", "duration"])

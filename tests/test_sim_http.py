@@ -17,6 +17,7 @@ import pytest
 
 from klingflow.sim import Faults, SimConfig, running_simulator
 from klingflow.sim.server import _listening_socket
+from tests.runhelpers import serving
 from tests.test_sim_api import MODERATION, NOT_FOUND, START
 from tests.test_sim_support import AUTH, SEED_URLS, png
 
@@ -124,12 +125,8 @@ class _Hook(BaseHTTPRequestHandler):
 @pytest.fixture
 def hook_url() -> Iterator[str]:
     _Hook.received = []
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
+    with serving(HTTPServer(("127.0.0.1", 0), _Hook)) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
 
 
 async def test_reply_url_callbacks_over_http(hook_url: str) -> None:
