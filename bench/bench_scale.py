@@ -102,7 +102,7 @@ def write_pipeline(folder: Path, steps: int, name: str) -> Path:
 
 
 def run(path: Path, home: Path, base: str, out: Path) -> tuple[dict[str, Any], Cpu, float]:
-    """(report, CPU seconds, peak RSS in MB) of one `klingflow run`."""
+    """(report, its CPU user and system seconds, peak RSS in MB) of one `klingflow run`."""
     env = {**os.environ, "USEAPI_TOKEN": TOKEN, "KLINGFLOW_API_BASE": base,
            "KLINGFLOW_HOME": str(home)}
     with (out.parent / f"{path.stem}.log").open("w") as log:
