@@ -33,9 +33,10 @@ from klingflow.lanes import http_client  # noqa: E402
 
 TOKEN = "user:1-bench-http"
 EMAIL = "a@bench.test"
-CLIENTS: dict[str, Callable[[], httpx.AsyncClient]] = {
-    f"lanes ({CONNECTIONS} of one connection)": lambda: http_client(CONNECTIONS),
-    f"httpx pool of {CONNECTIONS} connections": lambda: httpx.AsyncClient(
+CLIENTS: dict[str, Callable[[str], httpx.AsyncClient]] = {
+    f"lanes ({CONNECTIONS} of one connection)": lambda base: http_client(CONNECTIONS,
+                                                                         base_url=base),
+    f"httpx pool of {CONNECTIONS} connections": lambda base: httpx.AsyncClient(
         limits=httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)),
 }
 
@@ -51,10 +52,10 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def measure(base: str, make: Callable[[], httpx.AsyncClient], requests: int,
+async def measure(base: str, make: Callable[[str], httpx.AsyncClient], requests: int,
                   concurrency: int) -> tuple[float, float]:
     """Best (CPU, wall) seconds per request over 3 rounds."""
-    async with make() as http:
+    async with make(base) as http:
         client = KlingClient(http, token=TOKEN, base_url=base)
         asset = await client.upload_asset(png(), "image/png", email=EMAIL)
         task = await client.submit_frames({"email": EMAIL, "prompt": "a lighthouse",

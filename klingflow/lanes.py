@@ -25,11 +25,18 @@ def _one_connection(tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport(limits=ONE_CONNECTION, verify=tls)
 
 
-def http_client(connections: int) -> httpx.AsyncClient:
-    """An AsyncClient with at most `connections` requests (and connections) at once.
-    Behind a proxy (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY) it is httpx's own pool,
-    which routes through the proxy as the environment says."""
-    if {"http", "https", "all"} & set(urllib.request.getproxies()):
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def http_client(connections: int, *, base_url: str) -> httpx.AsyncClient:
+    """An AsyncClient for the service at `base_url`, with at most `connections`
+    requests (and connections) at once.
+
+    Behind a proxy (HTTP_PROXY, HTTPS_PROXY or ALL_PROXY) it is httpx's own pool, which
+    routes through the proxy as the environment says; but a service on this machine
+    (the simulator) is always reached directly: a proxy's 127.0.0.1 is not ours."""
+    proxied = {"http", "https", "all"} & set(urllib.request.getproxies())
+    if proxied and httpx.URL(base_url).host not in LOOPBACK:
         return httpx.AsyncClient(limits=httpx.Limits(max_connections=connections,
                                                      max_keepalive_connections=connections))
     tls = httpx.create_ssl_context()  # one for all lanes: each takes 30 ms to make

@@ -66,7 +66,7 @@ def run_pipeline(plan: Plan, settings: Settings, *,
 
 
 async def _run_with_client(plan: Plan, settings: Settings, on_event: OnEvent) -> RunReport:
-    async with http_client(CONNECTIONS) as http:
+    async with http_client(CONNECTIONS, base_url=settings.base_url) as http:
         cache = open_cache(settings, plan.pipeline.path)
         return await run(plan, settings, http=http, cache=cache, on_event=on_event)
 
@@ -214,7 +214,7 @@ def fetch_effects(pipeline_path: Path | None, settings: Settings) -> list[KeptCa
 
 async def _fetch_effects(settings: Settings, declared: Mapping[str, Account],
                          root: Path) -> list[KeptCatalogue]:
-    async with http_client(CONNECTIONS) as http:
+    async with http_client(CONNECTIONS, base_url=settings.base_url) as http:
         client = KlingClient(http, token=_token(settings), base_url=settings.base_url)
         accounts = await service_accounts(client, declared, base_url=settings.base_url,
                                           within=settings.run.connect_timeout,

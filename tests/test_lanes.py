@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
 from klingflow.lanes import Lanes, http_client
-from tests.runhelpers import serving
+from tests.runhelpers import frames_step, run_cli, serving, write_pipeline
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +89,7 @@ async def test_a_request_that_fails_or_is_cancelled_gives_its_lane_back() -> Non
 
 async def test_lanes_reuse_their_connections_to_a_real_server(
         recording_server: RecordingServer) -> None:
-    async with http_client(2) as http:
+    async with http_client(2, base_url=recording_server.url) as http:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as group:
                 for n in range(12):
@@ -101,11 +102,37 @@ async def test_lanes_reuse_their_connections_to_a_real_server(
 async def test_behind_a_proxy_requests_go_through_it(
         recording_server: RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HTTP_PROXY", recording_server.url)
-    async with http_client(2) as http:
-        response = await http.get("http://api.service.test/v1/kling/accounts")
+    base = "http://api.service.test/v1/kling"
+    async with http_client(2, base_url=base) as http:
+        response = await http.get(f"{base}/accounts")
 
     assert response.status_code == 200
     assert recording_server.paths == ["http://api.service.test/v1/kling/accounts"]
+
+
+async def test_a_service_on_this_machine_is_reached_directly_despite_a_proxy(
+        recording_server: RecordingServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    async with http_client(2, base_url=f"{recording_server.url}/v1/kling") as http:
+        response = await http.get(f"{recording_server.url}/v1/kling/accounts")
+
+    assert response.status_code == 200
+    assert recording_server.paths == ["/v1/kling/accounts"]
+
+
+def test_a_run_on_the_simulator_ignores_the_proxy_of_the_environment(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    path = write_pipeline(isolated / "p", "proxied", [frames_step("one", "a quiet lake")])
+
+    code, out, err = run_cli(["run", str(path), "--sim", "--out", str(isolated / "runs"),
+                              "--sim-speed", "10", "--poll-interval", "0.05",
+                              "--connect-timeout", "5"], capsys)
+
+    assert code == 0, err
+    assert "proxied: succeeded (1 succeeded)" in out
 
 
 class RecordingServer(ThreadingHTTPServer):
