@@ -42,7 +42,7 @@ DEFAULT_API_BASE = "https://api.useapi.net/v1/kling"
 API_CALLS_AT_ONCE = 12
 DOWNLOADS_AT_ONCE = 4
 CONNECTIONS = API_CALLS_AT_ONCE + DOWNLOADS_AT_ONCE
-"""For the httpx.AsyncClient a KlingClient is given (`lanes.http_client(CONNECTIONS)`).
+"""For the httpx.AsyncClient a KlingClient is given (`lanes.http_client`).
 KlingClient keeps its own calls within it, so requests never queue inside httpx."""
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 DOWNLOAD_TIMEOUT = httpx.Timeout(120.0, connect=10.0)

@@ -34,6 +34,7 @@ FORBIDDEN_IN_A_ROW = 3
 """403s in a row while polling before the task counts as unreadable (undocumented
 there: one is waited out like a 5xx; more say something is wrong with this task)."""
 
+
 class Collector:
     """Reads tasks (they exist and are paid for: transient errors are waited out) and
     turns a finished one into the step's files in the run directory and the cache."""

@@ -38,8 +38,10 @@ class Sharing:
     def share(self, cache: Cache, key: str) -> None:
         """Send a result this run has (made, or served locally) to the remote, in the
         background; a remote that has it answers one request."""
-        entry = cache.lookup(key) if self.pushes is not None else None
-        if self.pushes is not None and entry is not None:
+        if self.pushes is None:
+            return
+        entry = cache.lookup(key)
+        if entry is not None:
             self.pushes.push_soon(entry)
 
 
@@ -82,6 +84,9 @@ class Sources:
                 return self._unusable(step, locked, f"locked task {task_id}'s clip is not "
                                                     "the locked one (its SHA-256 differs)")
             await self._collector.frames(step, result)  # the locked clip: any error is ours
+            result.key = key
+            await self._collector.keep(result, task_id=task.id, account=locked.account,
+                                       credits=locked.credits, request=request)
         except StepFailed as failed:
             if failed.category == "not_found":
                 return self._unusable(step, locked, f"locked task {task_id} is gone")
@@ -89,13 +94,6 @@ class Sources:
             raise StepFailed(failed.category, f"locked task {task_id} could not be restored "
                              f"({cause}); run again to restore it at no cost") from failed
         except (MediaError, OSError) as exc:
-            raise StepFailed("local_files", f"locked task {task_id}'s clip could not be "
-                             f"kept here: {exc}; run again to restore it at no cost") from exc
-        result.key = key
-        try:
-            await self._collector.keep(result, task_id=task.id, account=locked.account,
-                                       credits=locked.credits, request=request)
-        except OSError as exc:
             raise StepFailed("local_files", f"locked task {task_id}'s clip could not be "
                              f"kept here: {exc}; run again to restore it at no cost") from exc
         result.task_id, result.account = task.id, locked.account
