@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from pathlib import Path
 
@@ -65,6 +66,10 @@ def pytest_configure(config: pytest.Config) -> None:
     socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
     socket.getaddrinfo = _guarded_getaddrinfo
+    # klingflow in a child process is beyond this guard: it must not inherit the shell's
+    # token, service address, remote or home. A test that wants them sets its own.
+    for name in [n for n in os.environ if n.startswith("KLINGFLOW_")] + ["USEAPI_TOKEN"]:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
+import os
 import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -28,3 +31,13 @@ def test_loopback_is_allowed() -> None:
     client.connect(server.getsockname())
     client.close()
     server.close()
+
+
+def test_a_child_process_inherits_no_token_address_or_remote_from_the_shell() -> None:
+    """Children (the CLI in a subprocess) are not under the socket guard: without the
+    shell's USEAPI_TOKEN they cannot spend real credits, whatever they run."""
+    names = ("USEAPI_TOKEN", "KLINGFLOW_API_BASE", "KLINGFLOW_REMOTE", "KLINGFLOW_HOME")
+    seen = subprocess.run([sys.executable, "-c", f"import os; print([n for n in {names!r} "
+                           "if n in os.environ])"], env=dict(os.environ), capture_output=True,
+                          text=True, check=True).stdout
+    assert seen == "[]\n"
