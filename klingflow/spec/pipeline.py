@@ -7,7 +7,7 @@ Nothing past `klingflow.spec.load_pipeline` touches a raw dict. `${vars.*}` and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +20,31 @@ class Position:
     file: str
     line: int  # 1-based
     col: int  # 1-based
+
+
+class Positions(Mapping[str, Position]):
+    """Where each of a step's params was written. Kept as the (line, col) pairs the YAML
+    reader made, and made into `Position`s only when one is read: a 10,000-step file
+    has some 60,000 of them, and only a located message reads any."""
+
+    __slots__ = ("_file", "_places")
+
+    def __init__(self, file: str, places: Mapping[str, tuple[int, int]]) -> None:
+        self._file = file
+        self._places = places
+
+    def __getitem__(self, name: str) -> Position:
+        line, col = self._places[name]
+        return Position(self._file, line, col)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._places)
+
+    def __len__(self) -> int:
+        return len(self._places)
+
+    def __repr__(self) -> str:
+        return f"Positions({dict(self)!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ class Reported:
 
     def holds(self, at: DocPath) -> bool:
         """Whether the value written at `at` (a step's or a default's field) was reported."""
+        if not self.paths:
+            return False
         if at[0] == "defaults":
             return at[1] in self.keys("defaults")
         return len(at) > 2 and at[2] in self.fields(at[1])  # type: ignore[arg-type]

@@ -6,14 +6,14 @@ import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from klingflow.catalogue import Catalogue, Catalogues
 from klingflow.kinds import EFFECT, FRAMES, KINDS
 from klingflow.models import DEFAULT_MODEL, MODELS
 from klingflow.spec.images import url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
-from klingflow.spec.pipeline import Position, Ref, Step, Template, Value
+from klingflow.spec.pipeline import Position, Positions, Ref, Step, Template, Value
 from klingflow.spec.refs import (
     Names,
     RefError,
@@ -36,6 +36,7 @@ from klingflow.spec.wording import did_you_mean, show
 
 API_FIELDS = {kind.name: kind.fields for kind in KINDS.values()}
 RUN_FIELDS = ("account", "retries", "timeout")
+_STEP_FIELDS = {name: frozenset(fields + RUN_FIELDS) for name, fields in API_FIELDS.items()}
 TYPED_FIELDS = frozenset(("account", "retries", "timeout", "cfg_scale", "duration",
                           "model_name", "mode", "enable_audio", "effect"))
 IMAGE_FIELDS = frozenset(("image", "image_tail"))
@@ -52,9 +53,8 @@ class _Bad(Exception):
     """A value already reported; the step is not checked further."""
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
-    """A value and where it was written."""
+class Written(NamedTuple):
+    """A value and where it was written (a tuple: a 10,000-step file makes ~80,000)."""
 
     value: Any
     at: DocPath
@@ -74,6 +74,7 @@ class StepBuilder:
     edges: dict[tuple[str, str], tuple[DocPath, str]] = field(default_factory=dict)
     _resolved_texts: dict[tuple[str, bool], Any] = field(default_factory=dict)
     _positions: dict[DocPath, Position] = field(default_factory=dict)
+    _kind_defaults: dict[str, dict[str, Written]] = field(default_factory=dict)
 
     def build(self, index: int, raw: dict[str, Any], entry: StepEntry) -> list[Step]:
         """The step's expansions (one without a matrix). A matrix already reported, or
@@ -94,8 +95,13 @@ class StepBuilder:
         return steps
 
     def _fields(self, index: int, raw: dict[str, Any]) -> dict[str, Written]:
-        kind_fields = API_FIELDS[raw["kind"]] + RUN_FIELDS
-        merged = {k: w for k, w in self.defaults.items() if k in kind_fields}
+        kind = raw["kind"]
+        kind_fields = _STEP_FIELDS[kind]
+        defaults = self._kind_defaults.get(kind)
+        if defaults is None:
+            defaults = self._kind_defaults[kind] = {
+                k: w for k, w in self.defaults.items() if k in kind_fields}
+        merged = dict(defaults)
         merged.update({k: Written(v, ("steps", index, k)) for k, v in raw.items()
                        if k in kind_fields})
         return merged
@@ -147,14 +153,15 @@ class StepBuilder:
         values: dict[str, Written] = {}
         bad: set[str] = set()
         for key, written in fields.items():
+            values[key] = written
             if self.reported.holds(written.at) or (combo is None and _uses_matrix(written)):
-                values[key], bad = written, bad | {key}
-                continue
-            try:
-                values[key] = self._value(key, written, names, combo or {}, f"{label}.{key}") \
-                    if _worked(key, written.value) else written
-            except _Bad:
-                values[key], bad = written, bad | {key}
+                bad.add(key)
+            elif _worked(key, written.value):
+                try:
+                    values[key] = self._value(key, written, names, combo or {},
+                                              f"{label}.{key}")
+                except _Bad:
+                    bad.add(key)
         return values, bad
 
     def _value(self, name: str, written: Written, names: Names, combo: dict[str, Written],
@@ -291,14 +298,17 @@ class StepBuilder:
             retries=run.get("retries", DEFAULT_RETRIES),
             timeout=float(run.get("timeout", DEFAULT_TIMEOUT)),
             position=self._position(("steps", index)), base_id=raw["id"],
-            positions={k: self._position(w.at) for k, w in good.items() if k in params})
+            positions=Positions(self.file, {k: self._line_col(w.at) for k, w in good.items()
+                                            if k in params}))
 
     def _position(self, at: DocPath) -> Position:
         found = self._positions.get(at)
         if found is None:
-            line_col = self.doc.values.get(at) or self.doc.value_at(at)
-            found = self._positions[at] = Position(self.file, *line_col)
+            found = self._positions[at] = Position(self.file, *self._line_col(at))
         return found
+
+    def _line_col(self, at: DocPath) -> tuple[int, int]:
+        return self.doc.values.get(at) or self.doc.value_at(at)
 
 
 def _accounts_of(account: Written | None,
