@@ -324,8 +324,10 @@ def budget_problems(pipeline: Pipeline, known: int | None = None) -> list[Proble
 
     The loader may call it last, so `klingflow validate` reports it with the rest.
     """
+    if pipeline.budget is None:
+        return []  # nothing to price
     known = known_cost(pipeline) if known is None else known
-    if pipeline.budget is None or known <= pipeline.budget:
+    if known <= pipeline.budget:
         return []
     where = pipeline.budget_position
     file, line, col = (where.file, where.line, where.col) if where else (str(pipeline.path), 1, 1)

@@ -108,11 +108,11 @@ def _text_of(value: Any) -> str:
 
 def _lookup(parts: tuple[str, ...], names: Names) -> Any:
     scope = parts[0]
-    checks = {"inputs": _input, "vars": _var, "steps": _step, "matrix": _matrix}
-    if scope not in checks:
+    check = _CHECKS.get(scope)
+    if check is None:
         raise RefError(f"unknown reference ${{{'.'.join(parts)}}}: '{scope}' is not one of "
                        f"{', '.join(SCOPES)}{did_you_mean(scope, SCOPES)}")
-    return checks[scope](parts, names)
+    return check(parts, names)
 
 
 def _shape(parts: tuple[str, ...], size: int, example: str) -> None:
@@ -203,6 +203,9 @@ def _expansion(entry: StepEntry, name: str, index: str, written: str) -> str:
     if not (index.isdigit() and str(int(index)) == index and int(index) < len(names)):
         raise RefError(f"{written}: '{entry.id}' has {len(names)} expansions: {_span(names)}")
     return name  # checked by its number: a 10,000-step matrix is not searched per reference
+
+
+_CHECKS = {"inputs": _input, "vars": _var, "steps": _step, "matrix": _matrix}
 
 
 def _span(names: tuple[str, ...]) -> str:
