@@ -39,6 +39,8 @@ def resolve_plain(text: str) -> Scalar:
 
 
 def _number(text: str) -> Scalar:
+    if text.isascii() and text.isdigit():  # the common case: 5, 10, 1800 (not ²: ascii only)
+        return text if len(text) > 1 and text[0] == "0" else int(text)
     if _LEADING_ZERO.match(text):
         return text
     if _INT.fullmatch(text):
