@@ -108,7 +108,7 @@ class _Builder:
                 path, event = (*frame.path, len(container)), get_event()
             else:
                 if not frame.skip:
-                    container[frame.key] = value  # type: ignore[index]
+                    container[frame.key] = value  # type: ignore[index,call-overload]
                 path, event = self._next_slot(frame, get_event())
 
     def _open(self, event: Any, path: DocPath, depth: int) -> _Frame:
