@@ -154,3 +154,14 @@ def test_a_pipeline_path_that_is_a_directory_is_a_located_error(
         assert (code, out) == (2, ""), command
         assert err == f"{folder}:1:1: <document>: cannot read the file: Is a directory\n" \
                       "1 problem found\n"
+
+
+@pytest.mark.parametrize("account", ["bad", "bad:3", "a@b.c:0", "a@b.c:51", "a b@c.d:2", ":2"])
+def test_a_sim_account_that_is_no_email_with_a_job_limit_is_a_usage_error(
+        capsys: pytest.CaptureFixture[str], account: str) -> None:
+    """Not served with an account no pipeline can name (their emails are name@host)."""
+    assert main(["sim", "serve", "--port", "0", "--account", account]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"klingflow: account {account!r}: expected EMAIL:MAX_JOBS with MAX_JOBS "
+                   "from 1 to 50, e.g. a@example.com:3\n")

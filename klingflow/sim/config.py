@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -56,13 +57,17 @@ class Faults:
 MAX_JOBS_RANGE = (1, 50)
 
 
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+")  # as the pipeline schema's account email
+
+
 def parse_account(text: str) -> tuple[str, int]:
     """`email:maxJobs` (maxJobs defaults to 1) -> (email, max_jobs); ValueError if bad."""
     email, sep, jobs = text.rpartition(":")
     if not sep:
         email, jobs = text, "1"
     low, high = MAX_JOBS_RANGE
-    if not email.strip() or not jobs.strip().isdigit() or not low <= int(jobs) <= high:
+    if not _EMAIL.fullmatch(email.strip()) or not jobs.strip().isdigit() \
+            or not low <= int(jobs) <= high:
         raise ValueError(f"account {text!r}: expected EMAIL:MAX_JOBS with MAX_JOBS from "
                          f"{low} to {high}, e.g. a@example.com:3")
     return email.strip(), int(jobs)
