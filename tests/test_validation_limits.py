@@ -4,6 +4,7 @@ ids and names that cannot be file names, input images and URLs (issue 9)."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -164,6 +165,26 @@ def test_a_directory_is_called_a_directory(tmp_path: Path,
     assert validate(_with_input(tmp_path, "images"), capsys) == (2, "", [
         f"p.yaml:3:16: inputs.hero: 'images' is a directory, not an image file (looked for "
         f"{tmp_path.resolve() / 'images'}); name a PNG or JPEG file",
+        "1 problem found"])
+
+
+def test_a_named_pipe_is_not_called_missing_and_is_never_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Opening a FIFO waits for a writer: validation must say what it is, not hang."""
+    os.mkfifo(tmp_path / "pipe.png")
+    assert validate(_with_input(tmp_path, "pipe.png"), capsys) == (2, "", [
+        f"p.yaml:3:16: inputs.hero: 'pipe.png' is a named pipe, not an image file (looked "
+        f"for {tmp_path.resolve() / 'pipe.png'}); name a PNG or JPEG file",
+        "1 problem found"])
+
+
+def test_a_loop_of_links_is_not_called_missing(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.png").symlink_to("b.png")
+    (tmp_path / "b.png").symlink_to("a.png")
+    assert validate(_with_input(tmp_path, "a.png"), capsys) == (2, "", [
+        f"p.yaml:3:16: inputs.hero: 'a.png' cannot be read: Too many levels of symbolic "
+        f"links (looked for {tmp_path.resolve() / 'a.png'})",
         "1 problem found"])
 
 

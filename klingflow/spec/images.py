@@ -10,6 +10,7 @@ and no spaces.
 
 from __future__ import annotations
 
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,17 +35,33 @@ class ImageCheck:
 
 def check_image(path: Path, written: str) -> ImageCheck:
     """Whether the file at `path` can be uploaded as an input image, and as what."""
-    if path.is_dir():
-        return ImageCheck(f"{written!r} is a directory, not an image file (looked for "
-                          f"{path}); name a PNG or JPEG file")
-    if not path.is_file():
+    try:
+        found = path.stat()
+    except FileNotFoundError:
         return ImageCheck(f"{written!r} does not exist (looked for {path}); fix the path, "
                           "relative to the pipeline file")
-    size = path.stat().st_size
+    except OSError as exc:  # a loop of symbolic links, a folder that cannot be searched
+        return ImageCheck(f"{written!r} cannot be read: {exc.strerror or exc} (looked for "
+                          f"{path})")
+    if stat.S_ISDIR(found.st_mode):
+        return ImageCheck(f"{written!r} is a directory, not an image file (looked for "
+                          f"{path}); name a PNG or JPEG file")
+    if not stat.S_ISREG(found.st_mode):  # reading a named pipe would wait for a writer
+        return ImageCheck(f"{written!r} is {_special(found.st_mode)}, not an image file "
+                          f"(looked for {path}); name a PNG or JPEG file")
+    size = found.st_size
     if size > MAX_BYTES:
         return ImageCheck(f"{written!r} is {size / 1024 / 1024:.1f} MB; an input image is at "
                           "most 10 MB")
     return _check_content(path, written)
+
+
+def _special(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
 
 
 def _check_content(path: Path, written: str) -> ImageCheck:
