@@ -24,6 +24,7 @@ SIM_DIR_NAME = ".klingflow-sim"
 TOKEN_VARIABLE = "USEAPI_TOKEN"
 API_BASE_VARIABLE = "KLINGFLOW_API_BASE"
 HOME_VARIABLE = "KLINGFLOW_HOME"
+SIM_HOME_VARIABLE = "KLINGFLOW_SIM_HOME"
 CLAIM_TTL_VARIABLE = "KLINGFLOW_CLAIM_TTL"
 REAL_POLL_FLOOR = 5.0
 SIM_POLL_FLOOR = 0.05  # simulated tasks take seconds
@@ -99,7 +100,12 @@ def check_api_base(raw: str, *, source: str = API_BASE_VARIABLE) -> str:
 
 
 def check_home(raw: str, *, source: str = HOME_VARIABLE) -> Path:
-    """The cache's home directory; it may not exist yet, but must not be a file."""
+    """The directory `source` names; it may not exist yet, but must not be a file. A
+    value that starts or ends with a space is refused: taken as written, a stray space
+    in a shell script makes a folder named ' ' wherever klingflow runs."""
+    if raw != raw.strip():
+        raise UsageError(f"{source} is {raw!r}: it starts or ends with a space; set it to "
+                         "the directory's path, or unset it")
     home = Path(raw)
     if home.exists() and not home.is_dir():
         raise UsageError(f"{source}: {home} is a file, not a directory; point {source} at "
@@ -152,12 +158,13 @@ class Settings:
         line's (--remote wins over KLINGFLOW_REMOTE). Raises UsageError (exit 2) for a
         token, base URL, home or remote that cannot work."""
         env = os.environ if environ is None else environ
-        home, sim_home = env.get(HOME_VARIABLE), env.get("KLINGFLOW_SIM_HOME")
+        home, sim_home = env.get(HOME_VARIABLE), env.get(SIM_HOME_VARIABLE)
         base = env.get(API_BASE_VARIABLE, "").strip()
         return cls(token=parse_token(env.get(TOKEN_VARIABLE, "")),
                    base_url=check_api_base(base) if base else DEFAULT_API_BASE,
                    home=check_home(home) if home else None,
-                   sim_home=Path(sim_home) if sim_home else None, sim=sim, run=run or RunFlags(),
+                   sim_home=check_home(sim_home, source=SIM_HOME_VARIABLE) if sim_home else None,
+                   sim=sim, run=run or RunFlags(),
                    remote=remote_settings(env, url=remote, read_only=remote_read_only),
                    claim_ttl=_seconds(env.get(CLAIM_TTL_VARIABLE), CLAIM_TTL_VARIABLE, 60.0))
 

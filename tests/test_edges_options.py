@@ -119,6 +119,22 @@ def test_a_klingflow_home_that_is_a_file_is_a_usage_error(
     assert not (isolated / "runs").exists()
 
 
+@pytest.mark.parametrize("variable", ["KLINGFLOW_HOME", "KLINGFLOW_SIM_HOME"])
+@pytest.mark.parametrize("value", [" ", "home ", " home"])
+def test_a_home_with_a_stray_space_is_a_usage_error(
+        isolated: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        variable: str, value: str) -> None:
+    """Taken as written, KLINGFLOW_HOME=' ' made a folder named ' ' wherever it ran."""
+    monkeypatch.setenv(variable, value)
+    path = _pipeline(isolated / "p")
+    code, out, err = run_cli(["run", str(path), "--sim"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"klingflow: {variable} is {value!r}: it starts or ends with a space; set "
+                   "it to the directory's path, or unset it\n")
+    assert not [p.name for p in isolated.iterdir() if p.name != p.name.strip()]
+    assert not (isolated / "runs").exists()
+
+
 def test_a_cache_that_cannot_be_made_is_a_usage_error(
         isolated: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
