@@ -245,7 +245,10 @@ def _positive(unit: str, *, zero: bool = False) -> Callable[[str], float]:
 
 
 def _fault_rates(text: str) -> str:
-    """An argparse type: `KIND=RATE,...` as the simulator takes it (checked, kept as text)."""
+    """An argparse type: `KIND=RATE,...` as the simulator takes it (checked, kept as text).
+    argparse passes the default ("") through it too: that needs no simulator imported."""
+    if not text:
+        return text
     from klingflow.sim.config import Faults
 
     try:

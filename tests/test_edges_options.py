@@ -5,6 +5,9 @@ hang (issue 9, item 12): every numeric option of every subcommand, --sim-faults,
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -181,3 +184,17 @@ def test_a_sim_account_that_is_no_email_with_a_job_limit_is_a_usage_error(
     assert out == ""
     assert err == (f"klingflow: account {account!r}: expected EMAIL:MAX_JOBS with MAX_JOBS "
                    "from 1 to 50, e.g. a@example.com:3\n")
+
+
+def test_a_run_without_sim_does_not_load_the_simulator(isolated: Path) -> None:
+    """argparse passes --sim-faults' default through its checker; that must not import
+    the simulator (Starlette and all: ~14% of a run's start-up) for a real-API run."""
+    path = _pipeline(isolated / "p")
+    probe = ("import sys\nfrom klingflow.cli import main\n"
+             f"code = main(['run', {str(path)!r}])\n"
+             "print(code, 'klingflow.sim' in sys.modules, 'starlette' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "USEAPI_TOKEN"}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=env, cwd=isolated, timeout=60)
+    assert done.stdout == "2 False False\n"  # no token: stopped before anything is sent
+    assert "no API token" in done.stderr
