@@ -141,10 +141,14 @@ def frames_cpu_ms(report: dict[str, Any]) -> float:
                                           for step in report["steps"] if step["outputs"])
     with tempfile.TemporaryDirectory() as tmp:
         first, last = Path(tmp) / "first.png", Path(tmp) / "last.png"
-        began = time.process_time()
-        for _ in range(20):
-            media.extract_frames(video, first, last)
-        return (time.process_time() - began) / 20 * 1000
+        media.extract_frames(video, first, last)  # warm: imports and the converter made
+        best = float("inf")
+        for _ in range(3):  # the best of three rounds: this machine's noise is not media
+            began = time.process_time()
+            for _ in range(20):
+                media.extract_frames(video, first, last)
+            best = min(best, (time.process_time() - began) / 20)
+        return best * 1000
 
 
 def seconds(iso: str) -> float:
