@@ -25,7 +25,7 @@ class Position:
 class Positions(Mapping[str, Position]):
     """Where each of a step's params was written. Kept as the (line, col) pairs the YAML
     reader made, and made into `Position`s only when one is read: a 10,000-step file
-    has some 60,000 of them, and only a located message reads any."""
+    has some 60,000 of them, and a run reads none (a program pointing at a line may)."""
 
     __slots__ = ("_file", "_places")
 
