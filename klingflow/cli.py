@@ -151,13 +151,23 @@ def _settings(args: argparse.Namespace) -> Settings:
 
     sim = SimOptions(seed=getattr(args, "sim_seed", 0), faults=getattr(args, "sim_faults", ""),
                      speed=getattr(args, "sim_speed", 1.0)) if args.sim else None
-    run = RunFlags(out=Path(args.out), max_jobs=args.max_jobs,
-                   poll_interval=args.poll_interval, fail_fast=args.fail_fast,
-                   budget=args.budget, force=tuple(args.force), force_all=args.force_all,
-                   resume=args.resume, connect_timeout=args.connect_timeout) \
-        if args.command == "run" else RunFlags()
+    if args.command == "run":
+        run = RunFlags(out=Path(args.out), max_jobs=args.max_jobs,
+                       poll_interval=args.poll_interval, fail_fast=args.fail_fast,
+                       budget=args.budget, force=tuple(args.force), force_all=args.force_all,
+                       resume=args.resume, connect_timeout=args.connect_timeout)
+    elif "connect_timeout" in args:  # effects reaches the service too
+        run = RunFlags(connect_timeout=args.connect_timeout)
+    else:
+        run = RunFlags()
     return Settings.from_environment(sim=sim, run=run, remote=getattr(args, "remote", None),
                                      remote_read_only=getattr(args, "remote_read_only", False))
+
+
+def _add_connect_timeout(p: argparse.ArgumentParser, when: str) -> None:
+    p.add_argument("--connect-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
+                   help=f"how long to keep trying to reach the service before giving up, "
+                        f"{when} (default 60)")
 
 
 def _add_remote_options(p: argparse.ArgumentParser) -> None:
@@ -289,6 +299,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="for each account of this pipeline (default: the default account)")
     p.add_argument("--json", action="store_true", help="print the catalogues as JSON")
     p.add_argument("--sim", action="store_true", help="from the embedded simulator")
+    _add_connect_timeout(p, "before the catalogue is fetched")
     p.set_defaults(func=_cmd_effects, sim_seed=0, sim_faults="", sim_speed=1.0)
 
     p = sub.add_parser("plan", help="dry run: the requests, their order and their cost")
@@ -338,9 +349,7 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--force", action="append", default=[], metavar="STEP",
                    help="regenerate STEP and what depends on it, even if cached")
     p.add_argument("--force-all", action="store_true", help="regenerate every step")
-    p.add_argument("--connect-timeout", type=SECONDS, default=60.0, metavar="SECONDS",
-                   help="how long to keep trying to reach the service before giving up, "
-                        "at the start of the run (default 60)")
+    _add_connect_timeout(p, "at the start of the run")
     p.add_argument("--budget", type=CREDITS, metavar="CREDITS",
                    help="refuse any submit that would take the run past this many credits")
     sim = p.add_argument_group("simulator options (with --sim)")

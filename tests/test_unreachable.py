@@ -98,3 +98,20 @@ async def test_a_catalogue_that_fails_at_the_start_is_waited_for_like_the_servic
     assert re.fullmatch(rf"cannot reach {re.escape(IN_PROCESS_BASE)} \(GET "
                         rf"{re.escape(IN_PROCESS_BASE)}/videos/effects: HTTP 500: Internal "
                         r"server error\); trying again in [0-9.]+ s", waits[0]), waits[0]
+
+
+def test_effects_gives_up_on_an_unreachable_service_after_its_connect_timeout(
+        tmp_path: Path) -> None:
+    base = f"http://127.0.0.1:{closed_port()}/v1/kling"
+    env = {**os.environ, "USEAPI_TOKEN": "user:1-fake-away-token", "KLINGFLOW_API_BASE": base,
+           "KLINGFLOW_HOME": str(tmp_path / "home"), "PYTHONPATH": str(ROOT)}
+    began = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "klingflow", "effects", "--connect-timeout",
+                           "2"], env=env, capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path)
+    took = time.monotonic() - began
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr
+    assert done.stderr.splitlines()[-1] == (
+        f"klingflow: cannot reach the service at {base} after 2 s: ConnectError: All "
+        "connection attempts failed; nothing was sent")
+    assert took < 15  # not the default minute: 2 s of waiting, plus starting Python
