@@ -299,7 +299,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="for each account of this pipeline (default: the default account)")
     p.add_argument("--json", action="store_true", help="print the catalogues as JSON")
     p.add_argument("--sim", action="store_true", help="from the embedded simulator")
-    _add_connect_timeout(p, "before the catalogue is fetched")
+    _add_connect_timeout(p, "when fetching the catalogue")
     p.set_defaults(func=_cmd_effects, sim_seed=0, sim_faults="", sim_speed=1.0)
 
     p = sub.add_parser("plan", help="dry run: the requests, their order and their cost")
