@@ -61,22 +61,22 @@ def resolve_text(text: str, names: Names) -> Any:
 
 
 def _tokens(text: str) -> list[str | tuple[str, ...]]:
-    tokens: list[str | tuple[str, ...]] = []
-    last = 0
-    for match in _TOKEN.finditer(text):
-        if match.start() > last:
-            tokens.append(text[last: match.start()])
-        tokens.append(tuple(match.group(1).strip().split(".")))
-        last = match.end()
-    if "${" in text[last:]:
-        raise RefError(f"unclosed '${{' in {text[last:]!r}; write ${{scope.name}} with a "
+    pieces = _TOKEN.split(text)  # text, reference, text, ..., text (one C call)
+    if "${" in pieces[-1]:
+        raise RefError(f"unclosed '${{' in {pieces[-1]!r}; write ${{scope.name}} with a "
                        "closing '}'")
-    if last < len(text):
-        tokens.append(text[last:])
+    tokens: list[str | tuple[str, ...]] = []
+    for n, piece in enumerate(pieces):
+        if n % 2:
+            tokens.append(tuple(piece.strip().split(".")))
+        elif piece:
+            tokens.append(piece)
     return tokens
 
 
 def _join(parts: list[Any]) -> str | Template:
+    if all(type(part) is str for part in parts):  # vars and matrix values only: plain text
+        return "".join(parts)
     merged: list[str | Ref] = []
     for part in _flatten(parts):
         if isinstance(part, str) and merged and isinstance(merged[-1], str):
