@@ -11,9 +11,10 @@ measured). Tasks take --task-seconds. The runs share one KLINGFLOW_HOME, so the
 later ones poll with the durations the earlier ones learnt, as a user's runs do.
 
 Printed per size: makespan / lower bound (max(critical path of 2 tasks, the
-ceil(steps / 2,500) tasks some slot must run one after another) x task time), klingflow's CPU seconds per step (user + system, from wait4; and of
-it, what taking one clip's two frames costs, timed apart), its peak RSS, and HTTP
-requests per task by route.
+ceil(steps / 2,500) tasks some slot must run one after another) x task time),
+klingflow's CPU seconds per step (user + system, from wait4; and of it, what taking
+one clip's two frames costs, timed apart), its peak RSS, and HTTP requests per task
+by route.
 Targets: ratio <= 1.05 at 2,500 tasks in flight; < 5 ms CPU per step; memory
 growing linearly and under 500 MB at 5,000 steps.
 """
@@ -41,6 +42,9 @@ import httpx
 import yaml
 
 from klingflow import media
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_media import cpu_ms
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "user:1-bench-scale"
@@ -141,14 +145,7 @@ def frames_cpu_ms(report: dict[str, Any]) -> float:
                                           for step in report["steps"] if step["outputs"])
     with tempfile.TemporaryDirectory() as tmp:
         first, last = Path(tmp) / "first.png", Path(tmp) / "last.png"
-        media.extract_frames(video, first, last)  # warm: imports and the converter made
-        best = float("inf")
-        for _ in range(3):  # the best of three rounds: this machine's noise is not media
-            began = time.process_time()
-            for _ in range(20):
-                media.extract_frames(video, first, last)
-            best = min(best, (time.process_time() - began) / 20)
-        return best * 1000
+        return cpu_ms(lambda: media.extract_frames(video, first, last), 20)
 
 
 def seconds(iso: str) -> float:
