@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from klingflow.errors import KlingflowError
+from klingflow.files import sha256_file
 from klingflow.media import (
     MOTIONS,
     ConcatPart,
@@ -243,6 +244,15 @@ def test_both_frames_from_one_opening_are_the_two_extractions(
     assert both == (replace(first, path=both[0].path), replace(last, path=both[1].path))
     assert Image.open(both[0].path).tobytes() == Image.open(first.path).tobytes()
     assert Image.open(both[1].path).tobytes() == Image.open(last.path).tobytes()
+
+
+def test_a_frame_comes_with_the_hash_of_the_file_written(clips: Path, tmp_path: Path) -> None:
+    """A run keys and stores a frame by this hash without reading the file back."""
+    frames = extract_frames(clips / "five.mp4", tmp_path / "f.png", tmp_path / "l.png")
+
+    assert [frame.sha256 for frame in frames] == [sha256_file(frame.path) for frame in frames]
+    assert frames[0].sha256 != frames[1].sha256
+    assert not list(tmp_path.glob("*.part"))
 
 
 # ---- colour: each stream's own matrix and range -------------------------------------

@@ -13,7 +13,6 @@ from klingflow import media
 from klingflow.cache import Cache, CacheEntry
 from klingflow.client import KlingClient, Task
 from klingflow.errors import ApiError, ForbiddenError, NotFoundError, ServerError, TransportError
-from klingflow.files import sha256_file
 from klingflow.policy import PollPolicy, Retrier, RetriesExhausted, RetryPolicy
 from klingflow.run.results import (
     OUTPUT_FILES,
@@ -149,9 +148,9 @@ class Collector:
 
 def _frames(video: Path, first: Path, last: Path) -> dict[str, OutputFile]:
     """The clip's first and last frames, extracted and hashed in one worker thread."""
-    media.extract_frames(video, first, last)
-    return {"first_frame": OutputFile(first, sha256_file(first)),
-            "last_frame": OutputFile(last, sha256_file(last))}
+    taken = media.extract_frames(video, first, last)
+    return {attr: OutputFile(frame.path, frame.sha256)
+            for attr, frame in zip(("first_frame", "last_frame"), taken, strict=True)}
 
 
 def _eta_end(expected: float | None, elapsed: float, eta_ms: int | None) -> float | None:
