@@ -13,8 +13,8 @@ later ones poll with the durations the earlier ones learnt, as a user's runs do.
 Printed per size: makespan / lower bound (max(critical path of 2 tasks, the
 ceil(steps / 2,500) tasks some slot must run one after another) x task time),
 klingflow's CPU seconds per step (user + system, from wait4; and of it, what taking
-one clip's two frames costs, timed apart), its peak RSS, and HTTP requests per task
-by route.
+one clip's two frames costs, timed apart), its peak RSS, the simulator's CPU seconds
+per step (it runs on the same machine), and HTTP requests per task by route.
 Targets: ratio <= 1.05 at 2,500 tasks in flight; < 5 ms CPU per step; memory
 growing linearly and under 500 MB at 5,000 steps.
 """
@@ -58,8 +58,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Simulator:
+    base: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """The simulator process's user + system CPU so far (Linux: /proc/PID/stat)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextlib.contextmanager
-def simulator(task_seconds: float) -> Iterator[str]:
+def simulator(task_seconds: float) -> Iterator[Simulator]:
     port = free_port()
     accounts = [arg for n in range(ACCOUNTS) for arg in ("--account", f"a{n}@bench.test:{JOBS}")]
     process = subprocess.Popen(
@@ -69,7 +80,7 @@ def simulator(task_seconds: float) -> Iterator[str]:
     base = f"http://127.0.0.1:{port}/v1/kling"
     try:
         wait_until_up(base)
-        yield base
+        yield Simulator(base, process.pid)
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -152,12 +163,13 @@ def seconds(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
-def measure(steps: int, task_seconds: float, folder: Path, base: str) -> None:
+def measure(steps: int, task_seconds: float, folder: Path, sim: Simulator) -> None:
+    base = sim.base
     path = write_pipeline(folder / "p", steps, f"scale-{steps}")
     stats_before = httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=30).json()
-    began = time.monotonic()
+    sim_before, began = sim.cpu_seconds(), time.monotonic()
     report, cpu, rss = run(path, folder / "home", base, folder / "runs")
-    wall = time.monotonic() - began
+    wall, sim_cpu = time.monotonic() - began, sim.cpu_seconds() - sim_before
     stats = httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=30).json()
     makespan = seconds(report["finished_at"]) - seconds(report["started_at"])
     bound = max(2, math.ceil(steps / (ACCOUNTS * JOBS))) * task_seconds  # chain, busiest slot
@@ -170,6 +182,8 @@ def measure(steps: int, task_seconds: float, folder: Path, base: str) -> None:
     print(f"        CPU per step: user {cpu.user / steps * 1000:.2f} ms, system "
           f"{cpu.system / steps * 1000:.2f} ms; of it, taking the clip's two frames "
           f"{frames_cpu_ms(report):.2f} ms (timed apart)")
+    print(f"        the simulator's CPU per step: {sim_cpu / steps * 1000:.2f} ms (it shares "
+          f"this machine's {os.cpu_count()} cores with klingflow)")
     requests = {k: v - stats_before["requests"].get(k, 0) for k, v in stats["requests"].items()}
     tasks = stats["tasks"] - stats_before["tasks"]
     print("        requests per task: " + ", ".join(
@@ -188,9 +202,9 @@ def main() -> None:
     print(f"{ACCOUNTS} accounts x {JOBS} jobs, tasks of {args.task_seconds:g} s, "
           f"working in {folder}")
     try:
-        with simulator(args.task_seconds) as base:
+        with simulator(args.task_seconds) as sim:
             for size in (int(s) for s in args.steps.split(",")):
-                measure(size, args.task_seconds, folder / str(size), base)
+                measure(size, args.task_seconds, folder / str(size), sim)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
