@@ -212,7 +212,7 @@ def _cmd_sim_serve(args: argparse.Namespace) -> int:
           seed=args.seed, faults=args.faults, speed=args.speed,
           state_dir=Path(args.state) if args.state else None,
           task_seconds=args.task_seconds, slow_seconds=args.slow_seconds,
-          cheap_render=args.cheap_render)
+          cheap_render=args.cheap_render, task_spread=args.task_spread)
     return EXIT_OK
 
 
@@ -239,16 +239,18 @@ def _whole(low: int, high: int | None = None, *, note: str = "") -> Callable[[st
     return parse
 
 
-def _positive(unit: str, *, zero: bool = False) -> Callable[[str], float]:
-    """An argparse type: a finite number above 0 (or from 0, with `zero`)."""
-    expected = f"{unit} of 0 or more" if zero else f"{unit} above 0"
+def _positive(unit: str, *, zero: bool = False,
+              high: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a finite number above 0 (or from 0, with `zero`), up to `high`."""
+    expected = (f"{unit} from 0 to {high:g}" if high < math.inf
+                else f"{unit} of 0 or more" if zero else f"{unit} above 0")
 
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        if not math.isfinite(value) or not 0 <= value <= high or (value == 0 and not zero):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
     return parse
@@ -273,6 +275,7 @@ CREDITS = _whole(0)
 SECONDS = _positive("a number of seconds")
 SECONDS_OR_ZERO = _positive("a number of seconds", zero=True)
 FACTOR = _positive("a number")
+SPREAD = _positive("a number", zero=True, high=1.0)  # klingflow.sim.config.MAX_SPREAD
 PORT = _whole(0, 65535, note=" (0: any free port)")
 
 
@@ -397,6 +400,9 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                    help="time scale: 2 makes tasks finish twice as fast")
     p.add_argument("--task-seconds", type=SECONDS, default=2.0, metavar="SECONDS",
                    help="how long a task takes at speed 1 (default 2)")
+    p.add_argument("--task-spread", type=SPREAD, default=0.0, metavar="SIGMA",
+                   help="spread task durations log-normally around --task-seconds, as real "
+                        "ones are (0.45 is about Kling's; default 0: all alike)")
     p.add_argument("--slow-seconds", type=SECONDS_OR_ZERO, default=3.0, metavar="SECONDS",
                    help="delay of a 'slow' fault at speed 1 (default 3)")
     p.add_argument("--cheap-render", action="store_true",

@@ -74,6 +74,8 @@ def test_a_bad_run_option_is_a_usage_error_before_anything_runs(
     ("--slow-seconds", "-1", "expected a number of seconds of 0 or more, got '-1'"),
     ("--slow-seconds", "nan", "expected a number of seconds of 0 or more, got 'nan'"),
     ("--faults", "500=x", "fault '500=x': the rate must be a number from 0 to 1"),
+    ("--task-spread", "1.5", "expected a number from 0 to 1, got '1.5'"),
+    ("--task-spread", "nan", "expected a number from 0 to 1, got 'nan'"),
 ])
 def test_a_bad_sim_serve_option_is_a_usage_error(capsys: pytest.CaptureFixture[str],
                                                  option: str, value: str,
@@ -93,6 +95,10 @@ def test_sim_config_refuses_what_is_not_a_finite_number() -> None:
             config_from_cli(token="t", accounts=[], seed=0, faults="",
                             **{"speed": 1.0, **options})  # type: ignore[arg-type]
         assert str(caught.value).startswith(f"{name} must be above 0, got ")
+    with pytest.raises(UsageError) as caught:
+        config_from_cli(token="t", accounts=[], seed=0, faults="", speed=1.0,
+                        task_spread=-0.1)
+    assert str(caught.value) == "--task-spread must be from 0 to 1, got -0.1"
 
 
 def test_an_out_that_cannot_hold_directories_is_a_usage_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import httpx
@@ -340,6 +341,34 @@ async def test_429_at_max_jobs_until_a_task_ends() -> None:
         stats = await s.stats()
         assert stats["accounts"]["a@example.com"] == {"max_jobs": 2, "running": 1,
                                                       "peak_running": 2, "credits_spent": 60}
+
+
+async def test_task_spread_gives_each_task_its_own_duration_around_task_seconds() -> None:
+    """`sim serve --task-spread`: durations spread like real ones (bench_scale measures
+    with them). Each task keeps its own, fixed by the seed, and ends when it says."""
+    async def durations(**options: Any) -> dict[int, float]:
+        async with sim(accounts=[("a@example.com", 50)], task_seconds=10, **options) as s:
+            for n in range(40):
+                assert (await s.frames(image=START, prompt=f"shot {n}")).status_code == 200
+            return {e["task_id"]: e["runs_ms"] / 1000 for e in await s.ledger()}
+
+    spread = await durations(task_spread=0.45)
+    assert len(set(spread.values())) == 40
+    assert 7 < statistics.median(spread.values()) < 14
+    assert max(spread.values()) / min(spread.values()) > 3
+    assert await durations(task_spread=0.45) == spread  # the same seed: the same durations
+    assert set((await durations()).values()) == {10.0}  # no spread: all alike
+
+
+async def test_a_spread_task_ends_when_its_own_duration_is_up() -> None:
+    async with sim(task_seconds=10, task_spread=0.45, accounts=[("a@example.com", 5)]) as s:
+        for n in range(5):
+            assert (await s.frames(image=START, prompt=f"shot {n}")).status_code == 200
+        ends = sorted((e["runs_ms"] / 1000, e["task_id"]) for e in await s.ledger())
+        (first, shortest), (_, next_one) = ends[0], ends[1]
+        s.clock.advance(first + 0.01)
+        assert (await s.poll(shortest)).json()["status_final"] is True
+        assert (await s.poll(next_one)).json()["status_final"] is False
 
 
 async def test_request_max_jobs_overrides_the_accounts_limit() -> None:

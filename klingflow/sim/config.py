@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 
 import httpx
 
@@ -21,6 +22,9 @@ side, so a clip's last frame can be uploaded again (POST /assets wants >= 300 px
 
 FAULT_KINDS = ("429", "500", "moderation", "reset", "slow", "expire")
 """What `--faults` may name; each takes a probability from 0 to 1."""
+
+MAX_SPREAD = 1.0
+"""The widest `--task-spread`: at 1, one task in a thousand takes 22 times the median."""
 
 UrlPredicate = Callable[[str], bool]
 
@@ -93,6 +97,7 @@ class SimConfig:
     faults: Faults = field(default_factory=Faults)
     speed: float = 1.0
     task_seconds: float = 2.0
+    task_spread: float = 0.0  # sigma of log-normal task durations (median task_seconds)
     accept_urls: set[str] | UrlPredicate = field(default_factory=set)
     media_dir: Path | None = None
     clock: Callable[[], float] = time.monotonic
@@ -120,13 +125,22 @@ class SimConfig:
 
     @property
     def task_duration(self) -> float:
-        """Clock seconds from submit to the end of a task."""
+        """Clock seconds from submit to the end of a task (the median one, with a spread)."""
         return self.task_seconds / self.speed
+
+    def duration_of(self, draw: float) -> float:
+        """Clock seconds from submit to the end of the task with `draw` in (0, 1): all
+        `task_duration` without a spread; else spread log-normally around it, like
+        real tasks (bench/bench_poll.py takes sigma 0.45 for Kling's)."""
+        if not self.task_spread:
+            return self.task_duration
+        return self.task_duration * math.exp(self.task_spread * NormalDist().inv_cdf(draw))
 
 
 def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: str,
                     speed: float, state_dir: Path | None = None, task_seconds: float = 2.0,
-                    slow_seconds: float = 3.0, cheap_render: bool = False) -> SimConfig:
+                    slow_seconds: float = 3.0, cheap_render: bool = False,
+                    task_spread: float = 0.0) -> SimConfig:
     """A SimConfig from `klingflow sim serve` options; UsageError names a bad one."""
     try:
         parsed = [parse_account(a) for a in accounts] or [DEFAULT_ACCOUNT]
@@ -138,6 +152,8 @@ def config_from_cli(*, token: str, accounts: Iterable[str], seed: int, faults: s
             raise UsageError(f"{name} must be above 0, got {value}")
     if not (math.isfinite(slow_seconds) and slow_seconds >= 0):
         raise UsageError(f"--slow-seconds must be 0 or more, got {slow_seconds}")
+    if not 0 <= task_spread <= MAX_SPREAD:
+        raise UsageError(f"--task-spread must be from 0 to {MAX_SPREAD:g}, got {task_spread}")
     return SimConfig(token=token, accounts=parsed, seed=seed, faults=parsed_faults, speed=speed,
                      state_dir=state_dir, task_seconds=task_seconds, slow_seconds=slow_seconds,
-                     cheap_render=cheap_render)
+                     cheap_render=cheap_render, task_spread=task_spread)

@@ -72,14 +72,16 @@ def _wait_started(server: uvicorn.Server, thread: threading.Thread) -> None:
 
 def serve(*, host: str, port: int, token: str, accounts: list[str], seed: int, faults: str,
           speed: float, state_dir: Path | None = None, task_seconds: float = 2.0,
-          slow_seconds: float = 3.0, cheap_render: bool = False) -> None:
+          slow_seconds: float = 3.0, cheap_render: bool = False,
+          task_spread: float = 0.0) -> None:
     """Serve until interrupted (`klingflow sim serve`); prints the base URL first.
 
     With `state_dir` the service is durable: serve again on it (even after a
     SIGKILL) and its accounts, uploads and tasks are still there."""
     config = config_from_cli(token=token, accounts=accounts, seed=seed, faults=faults,
                              speed=speed, state_dir=state_dir, task_seconds=task_seconds,
-                             slow_seconds=slow_seconds, cheap_render=cheap_render)
+                             slow_seconds=slow_seconds, cheap_render=cheap_render,
+                             task_spread=task_spread)
     sock = _listening_socket(host, port)
     port = sock.getsockname()[1]  # the one chosen, for port 0
     server = _server(config)

@@ -271,6 +271,7 @@ class SimService:
         return {"task_id": task.id, "endpoint": order.endpoint, "account": task.account.email,
                 "body_hash": task.body_hash, "replyRef": order.reply_ref,
                 "credits": task.credits, "created": task.create_ms,
+                "runs_ms": round(task.duration * 1000),
                 "status": self.state.status_of(task), "ignored": list(order.ignored),
                 "fault": task.fault, "polls": task.polls, "model": order.model,
                 "effect": order.effect, "mode": order.mode, "duration": order.duration}

@@ -41,6 +41,11 @@ def _number(seed: int, *parts: object, digits: int = 12) -> int:
     return low + int(unit_hash(seed, *parts) * 9 * low)
 
 
+def _draw(seed: int, *parts: object) -> float:
+    """A number in (0, 1), never 0, fixed by the seed and `parts`."""
+    return max(unit_hash(seed, *parts), 2.0**-64)
+
+
 @dataclass(slots=True)
 class Account:
     email: str
@@ -202,7 +207,8 @@ class SimState:
         task = Task(id=task_id, work_id=_number(self.config.seed, "work", task_id),
                     account=account, order=order, body_hash=digest, created=now,
                     create_ms=self.epoch_ms(now), origin=origin, credits=order.credits,
-                    duration=self.config.task_duration,
+                    duration=self.config.duration_of(_draw(self.config.seed, "duration",
+                                                             task_id)),
                     doomed=self.plan.hits("moderation-during", visit, rate_kind="moderation"))
         self.tasks[task_id] = task
         account.active.add(task_id)
