@@ -1,17 +1,23 @@
 """Does one process carry the provider's ceiling? 50 accounts x 50 jobs = 2,500 tasks in flight.
 
-Run: python bench/bench_scale.py [--steps 500,1000,5000] [--task-seconds 60]
+Run: python bench/bench_scale.py [--steps 500,1000,5000] [--task-seconds 60] [--spread 0]
 
 For each size, a pipeline of that many steps (every second step starts from the
 previous one's last frame, so half the steps upload a frame) runs over 50 accounts
 with max_jobs 50 through the real CLI, in a process of its own, against the
 simulator served by `klingflow sim serve --cheap-render` in another process (one
 shared 2 fps clip per duration, so the simulator's rendering is not what is
-measured). Tasks take --task-seconds. The runs share one KLINGFLOW_HOME, so the
-later ones poll with the durations the earlier ones learnt, as a user's runs do.
+measured). Tasks take --task-seconds: all of them (the worst case: every task of a
+wave ends at once), or with --spread SIGMA, durations spread log-normally around it
+as real ones are (`sim serve --task-spread`; 0.45 is about Kling's). The runs share
+one KLINGFLOW_HOME, so the later ones poll with the durations the earlier ones
+learnt, as a user's runs do.
 
-Printed per size: makespan / lower bound (max(critical path of 2 tasks, the
-ceil(steps / 2,500) tasks some slot must run one after another) x task time),
+Printed per size: makespan / lower bound (no schedule ends sooner: the longest chain
+of two tasks, the work spread evenly over the 2,500 slots, and the ceil(steps /
+2,500) shortest tasks, which some slot must run one after another; the durations
+are the simulator's), how long after the service ended a task its step was
+collected (mean and 95th percentile),
 klingflow's CPU seconds per step (user + system, from wait4; and of it, what taking
 one clip's two frames costs, timed apart), its peak RSS, the simulator's CPU seconds
 per step (it runs on the same machine), and HTTP requests per task by route.
@@ -29,6 +35,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,12 +77,13 @@ class Simulator:
 
 
 @contextlib.contextmanager
-def simulator(task_seconds: float) -> Iterator[Simulator]:
+def simulator(task_seconds: float, spread: float) -> Iterator[Simulator]:
     port = free_port()
     accounts = [arg for n in range(ACCOUNTS) for arg in ("--account", f"a{n}@bench.test:{JOBS}")]
     process = subprocess.Popen(
         [sys.executable, "-m", "klingflow", "sim", "serve", "--port", str(port), "--token",
-         TOKEN, "--task-seconds", str(task_seconds), "--cheap-render", *accounts],
+         TOKEN, "--task-seconds", str(task_seconds), "--task-spread", str(spread),
+         "--cheap-render", *accounts],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}/v1/kling"
     try:
@@ -163,7 +171,31 @@ def seconds(iso: str) -> float:
     return dt.datetime.fromisoformat(iso).timestamp()
 
 
-def measure(steps: int, task_seconds: float, folder: Path, sim: Simulator) -> None:
+def lower_bound(durations: dict[str, float]) -> float:
+    """No schedule of these steps' tasks (by step id) ends sooner: the longest chain (a
+    step and the next one, which starts from its last frame), the work spread evenly
+    over the slots, and the ceil(steps / slots) shortest tasks, which some slot runs
+    one after another."""
+    slots, steps = ACCOUNTS * JOBS, len(durations)
+    chain = max(durations[f"s{i}"] + durations.get(f"s{i + 1}", 0.0) for i in range(0, steps, 2))
+    busiest = sum(sorted(durations.values())[:math.ceil(steps / slots)])
+    return max(chain, sum(durations.values()) / slots, busiest)
+
+
+def service_times(report: dict[str, Any], base: str) -> tuple[dict[str, float], list[float]]:
+    """Each step's task duration at the service, and how long after the service ended
+    it the step was collected (seconds), from the simulator's ledger."""
+    ledger = {e["task_id"]: e for e in
+              httpx.get(base.split("/v1/")[0] + "/_sim/ledger", timeout=120).json()}
+    durations, lags = {}, []
+    for step in report["steps"]:
+        task = ledger[step["task_id"]]
+        durations[step["id"]] = task["runs_ms"] / 1000
+        lags.append(seconds(step["finished_at"]) - (task["created"] + task["runs_ms"]) / 1000)
+    return durations, lags
+
+
+def measure(steps: int, folder: Path, sim: Simulator) -> None:
     base = sim.base
     path = write_pipeline(folder / "p", steps, f"scale-{steps}")
     stats_before = httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=30).json()
@@ -172,13 +204,18 @@ def measure(steps: int, task_seconds: float, folder: Path, sim: Simulator) -> No
     wall, sim_cpu = time.monotonic() - began, sim.cpu_seconds() - sim_before
     stats = httpx.get(base.split("/v1/")[0] + "/_sim/stats", timeout=30).json()
     makespan = seconds(report["finished_at"]) - seconds(report["started_at"])
-    bound = max(2, math.ceil(steps / (ACCOUNTS * JOBS))) * task_seconds  # chain, busiest slot
+    durations, lags = service_times(report, base)
+    bound = lower_bound(durations)
     done = sum(s["status"] == "succeeded" for s in report["steps"])
     per_step = cpu.total / steps * 1000
     print(f"{steps:>6} steps  {done:>6} succeeded  makespan {makespan:7.1f} s  "
           f"bound {bound:6.1f} s  ratio {makespan / bound:5.3f}  "
           f"CPU {cpu.total:6.1f} s = {per_step:5.2f} ms/step  peak RSS {rss:6.1f} MB  "
           f"(wall {wall:.1f} s)")
+    lags.sort()
+    print(f"        collected after the service ended: mean {statistics.mean(lags):.2f} s, "
+          f"p95 {lags[int(0.95 * (len(lags) - 1))]:.2f} s; tasks took "
+          f"{min(durations.values()):.0f} to {max(durations.values()):.0f} s")
     print(f"        CPU per step: user {cpu.user / steps * 1000:.2f} ms, system "
           f"{cpu.system / steps * 1000:.2f} ms; of it, taking the clip's two frames "
           f"{frames_cpu_ms(report):.2f} ms (timed apart)")
@@ -196,15 +233,18 @@ def main() -> None:
     parser.add_argument("--steps", default="500,1000,5000",
                         help="comma-separated pipeline sizes, run in this order")
     parser.add_argument("--task-seconds", type=float, default=60.0)
+    parser.add_argument("--spread", type=float, default=0.0, metavar="SIGMA",
+                        help="spread task durations log-normally (0.45: like Kling's)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="klingflow-bench-scale-"))
-    print(f"{ACCOUNTS} accounts x {JOBS} jobs, tasks of {args.task_seconds:g} s, "
+    spread = f" (median; spread {args.spread:g})" if args.spread else ""
+    print(f"{ACCOUNTS} accounts x {JOBS} jobs, tasks of {args.task_seconds:g} s{spread}, "
           f"working in {folder}")
     try:
-        with simulator(args.task_seconds) as sim:
+        with simulator(args.task_seconds, args.spread) as sim:
             for size in (int(s) for s in args.steps.split(",")):
-                measure(size, args.task_seconds, folder / str(size), sim)
+                measure(size, folder / str(size), sim)
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
