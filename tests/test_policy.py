@@ -122,6 +122,15 @@ def test_the_services_eta_is_used_only_when_it_agrees_with_what_was_seen() -> No
     assert _eta_end(100.0, 10.0, None) is None
 
 
+def test_a_task_in_the_long_tail_still_gets_its_eta_trusted() -> None:
+    """5 minutes into a task that usually takes 1: an end 57 s away is believed (else the
+    longest tasks, which set a run's makespan, are looked at only every 5% of their
+    age); 57,000 s away is another unit."""
+    assert _eta_end(60.0, 300.0, 57_000) == 357.0
+    assert _eta_end(60.0, 300.0, 57_000_000) is None
+    assert _eta_end(60.0, 10.0, 600_000) is None  # 10 s in: 610 s is not 4 x 60 s
+
+
 def test_durations_are_kept_per_kind_and_merged_across_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "durations.json"
     key = Durations.key("sim", "frames", "kling-v2-1", "std", 5)
