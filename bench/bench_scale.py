@@ -9,9 +9,9 @@ simulator served by `klingflow sim serve --cheap-render` in another process (one
 shared 2 fps clip per duration, so the simulator's rendering is not what is
 measured). Tasks take --task-seconds: all of them (the worst case: every task of a
 wave ends at once), or with --spread SIGMA, durations spread log-normally around it
-as real ones are (`sim serve --task-spread`; 0.45 is about Kling's). The runs share
-one KLINGFLOW_HOME, so the later ones poll with the durations the earlier ones
-learnt, as a user's runs do.
+as real ones are (`sim serve --task-spread`; 0.45 is about Kling's). Each size runs
+with a KLINGFLOW_HOME of its own (the sizes share their first steps' requests, which
+another size's cache would serve), so each run learns task durations as it goes.
 
 Printed per size: makespan / lower bound (no schedule ends sooner: the longest chain
 of two tasks, the work spread evenly over the 2,500 slots, and the ceil(steps /
