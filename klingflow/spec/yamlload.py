@@ -105,11 +105,9 @@ class _Builder:
             container = frame.container
             if type(container) is list:
                 container.append(value)
-                path, event = (*frame.path, len(container)), get_event()
-            else:
-                if not frame.skip:
-                    container[frame.key] = value  # type: ignore[index,call-overload]
-                path, event = self._next_slot(frame, get_event())
+            elif not frame.skip:
+                container[frame.key] = value  # type: ignore[index,call-overload]
+            path, event = self._next_slot(frame, get_event())
 
     def _open(self, event: Any, path: DocPath, depth: int) -> _Frame:
         if depth >= MAX_DEPTH:
