@@ -494,6 +494,9 @@ def _reformatter() -> VideoReformatter:
 
 
 def _to_image(frame: av.VideoFrame) -> Image.Image:
+    """The frame as RGB, converted on this thread alone: swscale's own threads cost more
+    in handing work over than they save on one frame, and a run converts many clips'
+    frames at once anyway."""
     matrix = _matrix(frame)
     rgb = _reformatter().reformat(
         frame,
@@ -502,6 +505,7 @@ def _to_image(frame: av.VideoFrame) -> Image.Image:
         dst_colorspace=matrix,
         src_color_range=_range(frame),
         dst_color_range=ColorRange.JPEG,
+        threads=1,
     )
     # The rgb24 plane as it is: `to_image` would copy it row by row (4x slower).
     plane = rgb.planes[0]
