@@ -170,7 +170,7 @@ def photo(size: tuple[int, int], seed: int) -> Image.Image:
 
 def bench_seams(folder: Path, count: int, size: tuple[int, int]) -> None:
     """The seams measured at the end of a run of `count` chained steps: real PNGs, written
-    as the executor writes frames (compress_level=1)."""
+    at zlib level 1, as a run's frames are."""
     photo(size, 1).save(folder / "a.png", compress_level=1)
     photo(size, 2).save(folder / "b.png", compress_level=1)
     results = {f"s{i}": StepResult(f"s{i}", status="succeeded", outputs={

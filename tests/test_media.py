@@ -273,7 +273,8 @@ def _ycbcr(rgb: tuple[int, int, int], kr: float, kb: float, full: bool) -> tuple
     return round(16 + 219 * y), round(128 + 224 * cb), round(128 + 224 * cr)
 
 
-def _solid_clip(path: Path, rgb: tuple[int, int, int], tags: tuple) -> tuple[int, int, int]:
+def _solid_clip(path: Path, rgb: tuple[int, int, int], tags: tuple, *,
+                primaries_and_transfer: int | None = None) -> tuple[int, int, int]:
     colorspace, color_range, kr, kb, full = tags
     yuv = _ycbcr(rgb, kr, kb, full)
     width, height = 64, 48
@@ -289,6 +290,8 @@ def _solid_clip(path: Path, rgb: tuple[int, int, int], tags: tuple) -> tuple[int
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         ctx = stream.codec_context
         ctx.colorspace, ctx.color_range = colorspace, color_range
+        if primaries_and_transfer is not None:
+            ctx.color_primaries = ctx.color_trc = primaries_and_transfer
         stream.options = {"crf": "4"}
         for pts in range(24):
             frame = av.VideoFrame.from_ndarray(planes.reshape(-1, width), format="yuv420p")
@@ -310,6 +313,38 @@ def test_colours_come_back_with_the_streams_own_matrix_and_range(
 
     for result in (first, last):
         mean = np.asarray(Image.open(result.path), dtype=np.float32).reshape(-1, 3).mean(axis=0)
+        assert np.abs(mean - ORANGE).max() <= 3, mean
+
+
+def _chunks(png: Path) -> list[bytes]:
+    """The chunk types of a PNG file, in order."""
+    data, types, at = png.read_bytes(), [], 8
+    while at < len(data):
+        length = int.from_bytes(data[at:at + 4], "big")
+        types.append(data[at + 4:at + 8])
+        at += 12 + length
+    return types
+
+
+def test_frames_of_a_clip_tagged_bt709_are_plain_pngs_browsers_show_as_decoded(
+    tmp_path: Path,
+) -> None:
+    """Kling's clips (and the simulator's) say BT.709 primaries and transfer. The frame is
+    already converted to RGB: a colour chunk copied from those tags (cICP, cHRM, gAMA)
+    would make a browser correct its colours a second time on the review page."""
+    video = tmp_path / "tagged.mp4"
+    _solid_clip(video, ORANGE, BT709_LIMITED, primaries_and_transfer=1)
+    with av.open(str(video)) as container:
+        frame = next(container.decode(video=0))
+        assert (int(frame.color_primaries), int(frame.color_trc)) == (1, 1)  # really tagged
+
+    frames = extract_frames(video, tmp_path / "first.png", tmp_path / "last.png")
+
+    for result in frames:
+        assert _chunks(result.path) == [b"IHDR", b"pHYs", b"IDAT", b"IEND"]
+        with Image.open(result.path) as image:
+            assert image.mode == "RGB" and image.info.get("aspect") == (1, 1)
+            mean = np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(axis=0)
         assert np.abs(mean - ORANGE).max() <= 3, mean
 
 
