@@ -235,19 +235,18 @@ def main() -> None:
     parser.add_argument("--task-seconds", type=float, default=60.0)
     parser.add_argument("--spread", type=float, default=0.0, metavar="SIGMA",
                         help="spread task durations log-normally (0.45: like Kling's)")
-    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the working folder (a run that fails always keeps it)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="klingflow-bench-scale-"))
     spread = f" (median; spread {args.spread:g})" if args.spread else ""
     print(f"{ACCOUNTS} accounts x {JOBS} jobs, tasks of {args.task_seconds:g} s{spread}, "
           f"working in {folder}")
-    try:
-        with simulator(args.task_seconds, args.spread) as sim:
-            for size in (int(s) for s in args.steps.split(",")):
-                measure(size, folder / str(size), sim)
-    finally:
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
+    with simulator(args.task_seconds, args.spread) as sim:
+        for size in (int(s) for s in args.steps.split(",")):
+            measure(size, folder / str(size), sim)  # a failure exits, keeping `folder`
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":
