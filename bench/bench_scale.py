@@ -192,6 +192,19 @@ def service_times(report: dict[str, Any], base: str) -> tuple[dict[str, float], 
     return durations, lags
 
 
+def sending(report: dict[str, Any]) -> tuple[float, float, float]:
+    """(first, last, the last chain's): when the steps that wait for nothing were sent,
+    in seconds after the run started, and when the first step of the chain that ended
+    the run was. The lower bound starts every such step at 0."""
+    start, steps = seconds(report["started_at"]), {s["id"]: s for s in report["steps"]}
+    sent = sorted(seconds(s["submitted_at"]) - start for s in report["steps"]
+                  if not s["needs"] and s["submitted_at"])
+    step = max(report["steps"], key=lambda s: seconds(s["finished_at"]))
+    while step["needs"]:
+        step = steps[step["needs"][0]]
+    return sent[0], sent[-1], seconds(step["submitted_at"]) - start
+
+
 def measure(steps: int, folder: Path, sim: Simulator) -> None:
     base = sim.base
     path = write_pipeline(folder / "p", steps, f"scale-{steps}")
@@ -213,6 +226,9 @@ def measure(steps: int, folder: Path, sim: Simulator) -> None:
     print(f"        collected after the service ended: mean {statistics.mean(lags):.2f} s, "
           f"p95 {lags[int(0.95 * (len(lags) - 1))]:.2f} s; tasks took "
           f"{min(durations.values()):.0f} to {max(durations.values()):.0f} s")
+    first, last, chain = sending(report)
+    print(f"        steps that wait for nothing sent from {first:.1f} to {last:.1f} s after the "
+          f"start; the chain that ended the run, at {chain:.1f} s")
     print(f"        CPU per step: user {cpu.user / steps * 1000:.2f} ms, system "
           f"{cpu.system / steps * 1000:.2f} ms; of it, taking the clip's two frames "
           f"{frames_cpu_ms(report):.2f} ms (timed apart)")
