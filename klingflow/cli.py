@@ -32,11 +32,11 @@ if TYPE_CHECKING:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from klingflow.lockfile import is_lock_file
+    from klingflow.lockfile import is_lock_file, lock_path, read_lock
     from klingflow.spec import load_pipeline
 
     settings = _settings(args)
-    problems = []
+    problems: list[str] = []  # located, one per line
     for path in args.pipelines:
         if is_lock_file(Path(path)):  # `validate pipelines/*.yaml` after a run
             print(f"{path}: skipped: a lock file written by klingflow run, not a pipeline")
@@ -44,8 +44,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         effects = _kept_catalogues(Path(path), settings, settings.backend)
         try:
             pipeline = load_pipeline(Path(path), effects=effects)
+            read_lock(lock_path(Path(path)))  # one a merge left broken stops plan and run
         except PipelineError as exc:
-            problems.extend(exc.problems)
+            problems.extend(str(problem) for problem in exc.problems)
+        except UsageError as exc:
+            problems.append(str(exc))
         else:
             print(f"{path}: ok ({len(pipeline.steps)} steps)")
         _note_unchecked_effects(path, effects)

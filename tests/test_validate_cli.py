@@ -92,3 +92,27 @@ def test_a_lock_file_among_the_pipelines_is_skipped_with_a_note(
     assert out.out == (f"{good}: ok (2 steps)\n"
                        f"{lock}: skipped: a lock file written by klingflow run, not a pipeline\n")
     assert out.err == ""
+
+
+def test_a_lock_a_merge_left_broken_is_a_problem_of_its_pipeline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`plan` and `run` stop on such a lock (paying again for what it holds, or rewriting
+    it, would be worse); `validate`, which CI runs on a pull request, says so first."""
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    lock = lock_path(good)
+    write_lock(lock, name="good", backend="sim", plan=build_plan(load_pipeline(good)),
+               entries={}, previous=Lock({}))
+    ours = lock.read_text()
+    conflicted = f"{ours}<<<<<<< HEAD\n  ours: 1\n=======\n  theirs: 2\n>>>>>>> theirs\n"
+    lock.write_text(conflicted)
+
+    assert main(["validate", "--sim", str(good), str(lock)]) == 2
+    out = capsys.readouterr()
+    assert out.out == f"{lock}: skipped: a lock file written by klingflow run, not a pipeline\n"
+    problem, count = out.err.splitlines()
+    assert problem.startswith(f"{lock}: cannot read this lock file (line "), problem
+    assert problem.endswith("; it was left as it is. Fix it (a merge conflict?) or delete it, "
+                            "then run again"), problem
+    assert count == "1 problem found"
+    assert lock.read_text() == conflicted
