@@ -501,8 +501,8 @@ def _reformatter() -> VideoReformatter:
 def _to_rgb(frame: av.VideoFrame) -> av.VideoFrame:
     """The frame as rgb24, converted with its own matrix and range, on this thread alone
     (swscale's own threads cost more in handing work over than they save on one frame,
-    and a run converts many clips' frames at once anyway). The result belongs to this
-    thread's converter: use it before the next conversion."""
+    and a run converts many clips' frames at once anyway), and with nothing else of the
+    clip's attached (see below)."""
     matrix = _matrix(frame)
     rgb = _reformatter().reformat(
         frame,
@@ -513,31 +513,40 @@ def _to_rgb(frame: av.VideoFrame) -> av.VideoFrame:
         dst_color_range=ColorRange.JPEG,
         threads=1,
     )
-    # The pixels are now plain RGB, shown as any untagged picture is (sRGB). Left tagged
-    # with the clip's BT.709 primaries and transfer, the PNG would carry cICP, cHRM and
-    # gAMA chunks, and browsers would correct its colours a second time. (reformat's
-    # dst_color_trc and dst_color_primaries keep the source's tags when asked for
-    # UNSPECIFIED.)
+    # The pixels are now plain RGB, to be shown as any untagged picture is (sRGB), as the
+    # PNGs Pillow wrote were. FFmpeg's encoder writes what a frame carries as chunks: the
+    # clip's BT.709 primaries and transfer as cICP, cHRM and gAMA (a browser would then
+    # correct the colours a second time), and side data (HDR mastering levels, an ICC
+    # profile) as mDCV, cLLI or iCCP. Side data cannot be removed, so such a frame is
+    # copied into a new one; the tags are cleared (reformat's dst_color_trc and
+    # dst_color_primaries keep the source's tags when asked for UNSPECIFIED).
+    if len(rgb.side_data):
+        rgb = av.VideoFrame.from_ndarray(rgb.to_ndarray(), format="rgb24")
     rgb.color_primaries, rgb.color_trc = ColorPrimaries.UNSPECIFIED, ColorTrc.UNSPECIFIED
     return rgb
 
 
 _PNG_OPTIONS = {"pred": "mixed", "compression_level": "1"}
 """FFmpeg's PNG encoder: each row filtered as best fits it ("mixed", as Pillow and libpng
-choose), zlib level 1. The same pixels and sizes as Pillow's encoder at level 1, in less
-CPU: it encodes the rgb24 plane as it is, where Pillow first copies it into 4-byte
-pixels (bench_media, a clip's two frames: 23.8 -> 13.4 ms at 400x304, 356 -> 216 ms at
-1080p). The bytes differ from Pillow's; cache keys use the clip's hash, not the frame's
-(see verdicts.py), so a cache made before still serves."""
+choose), zlib level 1. The same pixels as Pillow's encoder at level 1, and about the same
+sizes (0 to 5% larger on the pictures tried), in less CPU: it encodes the rgb24 plane as
+it is, where Pillow first copies it into 4-byte pixels (bench_media, a clip's two
+frames: 23.8 -> 13.4 ms at 400x304, 356 -> 216 ms at 1080p). The bytes differ from
+Pillow's; cache keys use the clip's hash, not the frame's (see verdicts.py), so a cache
+made before still serves."""
 
 
-def _png(rgb: av.VideoFrame) -> bytes:
-    """An rgb24 frame as the bytes of a PNG file."""
-    encoder = av.CodecContext.create("png", "w")
-    encoder.width, encoder.height, encoder.pix_fmt = rgb.width, rgb.height, "rgb24"
-    encoder.sample_aspect_ratio = Fraction(1, 1)  # square pixels, as the frame is shown
-    encoder.options = _PNG_OPTIONS
-    return b"".join(bytes(packet) for packet in encoder.encode(rgb) + encoder.encode(None))
+def _png(rgb: av.VideoFrame, out_png: Path) -> bytes:
+    """An rgb24 frame as the bytes of a PNG file (to be written at `out_png`)."""
+    try:
+        encoder = av.CodecContext.create("png", "w")
+        encoder.width, encoder.height, encoder.pix_fmt = rgb.width, rgb.height, "rgb24"
+        encoder.sample_aspect_ratio = Fraction(1, 1)  # pixels shown square, as Pillow's PNGs
+        encoder.options = _PNG_OPTIONS
+        packets = encoder.encode(rgb) + encoder.encode(None)
+    except (av.FFmpegError, ValueError) as exc:  # ValueError: no PNG encoder in this FFmpeg
+        raise MediaError(out_png, f"could not be encoded as a PNG: {_reason(exc)}") from exc
+    return b"".join(bytes(packet) for packet in packets)
 
 
 def _save_png(data: bytes, out_png: Path) -> str:
@@ -585,7 +594,7 @@ def _seek_to_last_keyframe(
 def _finish(video: Path, out_png: Path, frame: av.VideoFrame | None, count: int) -> FrameResult:
     if frame is None:
         raise MediaError(video, "no frame could be decoded")
-    sha256 = _save_png(_png(_to_rgb(frame)), out_png)
+    sha256 = _save_png(_png(_to_rgb(frame), out_png), out_png)
     return FrameResult(path=out_png, pts_seconds=float(frame.time or 0.0),
                        frames_decoded=count, sha256=sha256)
 

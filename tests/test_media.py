@@ -326,6 +326,9 @@ def _chunks(png: Path) -> list[bytes]:
     return types
 
 
+COLOUR_CHUNKS = {b"cICP", b"cHRM", b"gAMA", b"sRGB", b"iCCP", b"mDCV", b"cLLI"}
+
+
 def test_frames_of_a_clip_tagged_bt709_are_plain_pngs_browsers_show_as_decoded(
     tmp_path: Path,
 ) -> None:
@@ -341,11 +344,43 @@ def test_frames_of_a_clip_tagged_bt709_are_plain_pngs_browsers_show_as_decoded(
     frames = extract_frames(video, tmp_path / "first.png", tmp_path / "last.png")
 
     for result in frames:
-        assert _chunks(result.path) == [b"IHDR", b"pHYs", b"IDAT", b"IEND"]
+        chunks = _chunks(result.path)
+        assert chunks[0] == b"IHDR" and b"IDAT" in chunks
+        assert not COLOUR_CHUNKS & set(chunks), chunks
         with Image.open(result.path) as image:
-            assert image.mode == "RGB" and image.info.get("aspect") == (1, 1)
+            assert image.mode == "RGB" and image.info.get("aspect", (1, 1)) == (1, 1)
             mean = np.asarray(image, dtype=np.float32).reshape(-1, 3).mean(axis=0)
         assert np.abs(mean - ORANGE).max() <= 3, mean
+
+
+HDR10 = ("hdr10=1:master-display=G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)"
+         "L(10000000,1):max-cll=1000,400:colorprim=bt2020:transfer=smpte2084:"
+         "colormatrix=bt2020nc")
+
+
+def test_frames_of_an_hdr_clip_carry_none_of_its_side_data(tmp_path: Path) -> None:
+    """An HDR10 clip's frames come with mastering levels as side data, which FFmpeg's PNG
+    encoder would write as mDCV and cLLI chunks: the PNG is plain RGB, as any other."""
+    video = tmp_path / "hdr.mp4"
+    with av.open(str(video), "w", format="mp4") as container:
+        stream = container.add_stream("libx265", rate=Fraction(24))
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p10le"
+        stream.options = {"x265-params": HDR10, "log-level": "error"}
+        picture = np.full((48, 64, 3), ORANGE, dtype=np.uint8)
+        for pts in range(4):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(
+                format="yuv420p10le")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with av.open(str(video)) as container:
+        assert len(next(container.decode(video=0)).side_data)  # really carries some
+
+    for result in extract_frames(video, tmp_path / "first.png", tmp_path / "last.png"):
+        chunks = _chunks(result.path)
+        assert not COLOUR_CHUNKS & set(chunks), chunks
+        with Image.open(result.path) as image:
+            assert image.mode == "RGB" and image.size == (64, 48)
 
 
 def _rgb(yuv: tuple[int, int, int], kr: float, kb: float, full: bool) -> np.ndarray:
@@ -481,3 +516,16 @@ def test_a_seed_makes_each_clip_its_own_while_seams_still_match(tmp_path: Path) 
         last = extract_last_frame(clip, clip.with_suffix(".last.png")).path
         assert _mad(Image.open(first), fit_image(start, (400, 304))) < 6
         assert _mad(Image.open(last), fit_image(end, (400, 304))) < 6
+
+
+def test_a_frame_that_cannot_be_encoded_is_a_media_error_naming_the_png(
+    clips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not "corrupt video data": the clip (paid for) is fine; the PNG could not be made."""
+    monkeypatch.setattr("klingflow.media._PNG_OPTIONS", {"pred": "no such filter"})
+
+    with pytest.raises(MediaError) as raised:
+        extract_frames(clips / "five.mp4", tmp_path / "first.png", tmp_path / "last.png")
+
+    assert str(raised.value).startswith("first.png: could not be encoded as a PNG: ")
+    assert not list(tmp_path.glob("*.png*"))
