@@ -60,15 +60,18 @@ class Lock:
         return self.backends.get(backend, {})
 
 
+LOCK_SUFFIX = ".lock.yaml"
+
+
 def lock_path(pipeline_path: Path) -> Path:
     name = pipeline_path.name
     stem = name[: -len(".yaml")] if name.endswith(".yaml") else pipeline_path.stem
-    return pipeline_path.with_name(f"{stem}.lock.yaml")
+    return pipeline_path.with_name(stem + LOCK_SUFFIX)
 
 
 def is_lock_file(path: Path) -> bool:
     """Whether `path` is a lock file klingflow wrote: NAME.lock.yaml, with the lock's header."""
-    if not path.name.endswith(".lock.yaml"):
+    if not path.name.endswith(LOCK_SUFFIX):
         return False
     try:
         with path.open("rb") as handle:
