@@ -94,25 +94,55 @@ def test_a_lock_file_among_the_pipelines_is_skipped_with_a_note(
     assert out.err == ""
 
 
-def test_a_lock_a_merge_left_broken_is_a_problem_of_its_pipeline(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _conflicted_lock(pipeline: Path, *, at_the_top: bool = False) -> tuple[Path, str]:
+    """The pipeline's real lock, then broken as a merge leaves it: markers around its
+    entries, or (`at_the_top`) around the whole file, header included."""
+    lock = lock_path(pipeline)
+    write_lock(lock, name=pipeline.stem, backend="sim",
+               plan=build_plan(load_pipeline(pipeline)), entries={}, previous=Lock({}))
+    ours = lock.read_text()
+    conflicted = (f"<<<<<<< HEAD\n{ours}=======\n{ours}>>>>>>> theirs\n" if at_the_top else
+                  f"{ours}<<<<<<< HEAD\n  ours: 1\n=======\n  theirs: 2\n>>>>>>> theirs\n")
+    lock.write_text(conflicted)
+    return lock, conflicted
+
+
+def _lock_problem(lock: Path, line: str) -> None:
+    assert line.startswith(f"{lock}: cannot read this lock file (line "), line
+    assert line.endswith("; it was left as it is. Fix it (a merge conflict?) or delete it, "
+                         "then run again"), line
+
+
+@pytest.mark.parametrize("at_the_top", [False, True], ids=["in-entries", "at-the-top"])
+def test_a_lock_a_merge_left_broken_is_one_problem_of_its_pipeline(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], at_the_top: bool) -> None:
     """`plan` and `run` stop on such a lock (paying again for what it holds, or rewriting
-    it, would be worse); `validate`, which CI runs on a pull request, says so first."""
+    it, would be worse); `validate`, which CI runs on a pull request, says so first:
+    once, whether the lock is named too (`validate pipelines/*.yaml`) or not."""
     good = tmp_path / "good.yaml"
     good.write_text(GOOD)
-    lock = lock_path(good)
-    write_lock(lock, name="good", backend="sim", plan=build_plan(load_pipeline(good)),
-               entries={}, previous=Lock({}))
-    ours = lock.read_text()
-    conflicted = f"{ours}<<<<<<< HEAD\n  ours: 1\n=======\n  theirs: 2\n>>>>>>> theirs\n"
-    lock.write_text(conflicted)
+    lock, conflicted = _conflicted_lock(good, at_the_top=at_the_top)
 
-    assert main(["validate", "--sim", str(good), str(lock)]) == 2
-    out = capsys.readouterr()
-    assert out.out == f"{lock}: skipped: a lock file written by klingflow run, not a pipeline\n"
-    problem, count = out.err.splitlines()
-    assert problem.startswith(f"{lock}: cannot read this lock file (line "), problem
-    assert problem.endswith("; it was left as it is. Fix it (a merge conflict?) or delete it, "
-                            "then run again"), problem
-    assert count == "1 problem found"
+    for paths in ([good], [good, lock], [lock, good]):
+        assert main(["validate", "--sim", *map(str, paths)]) == 2
+        out = capsys.readouterr()
+        assert out.out == f"{good}: ok (2 steps)\n"
+        problem, count = out.err.splitlines()
+        _lock_problem(lock, problem)
+        assert count == "1 problem found"
     assert lock.read_text() == conflicted
+
+
+def test_a_broken_lock_is_reported_with_the_pipelines_own_problems(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(GOOD)
+    lock, _ = _conflicted_lock(good)
+    bad.write_text(BAD)
+    lock.rename(lock_path(bad))  # bad.yaml is broken, and so is its lock
+
+    assert main(["validate", "--sim", str(bad)]) == 2
+    *pipeline_problems, lock_problem, count = capsys.readouterr().err.splitlines()
+    assert [p.split(": ")[0] for p in pipeline_problems] == [f"{bad}:4:68", f"{bad}:5:72"]
+    _lock_problem(lock_path(bad), lock_problem)
+    assert count == "3 problems found"
