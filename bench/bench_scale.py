@@ -249,7 +249,8 @@ def main() -> None:
     parser.add_argument("--spread", type=float, default=0.0, metavar="SIGMA",
                         help="spread task durations log-normally (0.45: like Kling's)")
     parser.add_argument("--keep", action="store_true",
-                        help="keep the working folder (a run that fails always keeps it)")
+                        help="keep the working folder (a benchmark that fails or is stopped "
+                             "always keeps it)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="klingflow-bench-scale-"))
     spread = f" (median; spread {args.spread:g})" if args.spread else ""
@@ -257,7 +258,7 @@ def main() -> None:
           f"working in {folder}")
     with simulator(args.task_seconds, args.spread) as sim:
         for size in (int(s) for s in args.steps.split(",")):
-            measure(size, folder / str(size), sim)  # a failure exits, keeping `folder`
+            measure(size, folder / str(size), sim)  # an error or Ctrl-C keeps `folder`
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
 
