@@ -57,6 +57,7 @@ class JournalState:
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> outcome event
     attempts: dict[str, int] = field(default_factory=dict)
     tasks: dict[int, Charge] = field(default_factory=dict)  # task id -> its charge
+    seen: set[int] = field(default_factory=set)  # every task a step had here, charged or not
     invocation: str = ""  # the latest invocation's id
 
     def apply(self, event: Mapping[str, Any]) -> None:
@@ -72,11 +73,15 @@ class JournalState:
                                                 invocation=event.get("invocation", ""))
             self.attempts[step] = self.attempts.get(step, 0) + 1
             self.finished.pop(step, None)
-        elif kind == "submitted" and step in self.submissions:
-            self.submissions[step].task_id = event["task_id"]
-            if not event.get("reattached"):
-                self.tasks.setdefault(int(event["task_id"]), Charge(
-                    step, event.get("credits"), event.get("invocation", self.invocation)))
+        elif kind == "submitted":
+            self.seen.add(int(event["task_id"]))  # a task taken over from an in-flight
+            # record has no 'submitting' line here, and a later POST of its step replaces
+            # the submission: this alone remembers that the run directory had it
+            if step in self.submissions:
+                self.submissions[step].task_id = event["task_id"]
+                if not event.get("reattached"):
+                    self.tasks.setdefault(int(event["task_id"]), Charge(
+                        step, event.get("credits"), event.get("invocation", self.invocation)))
         elif kind == "failed" and event.get("unresolved"):
             pass  # the POST's outcome is still unknown: a resume recovers it first
         elif kind in ("succeeded", "failed", "cached"):

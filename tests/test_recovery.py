@@ -120,6 +120,26 @@ async def test_an_earlier_failed_task_of_the_same_step_is_never_adopted(tmp_path
     assert await found.recover(step, "r2", None, 50_000, BODY) is None
 
 
+async def test_a_task_taken_over_from_another_runs_record_is_never_adopted(
+        tmp_path: Path) -> None:
+    """A run re-attached a task another run's POST made (found through the cache's
+    in-flight record: no 'submitting' line here); it failed; a resume's later POST whose
+    answer was lost must not take it for its own. The property test found this: the
+    resume's report then counted that task's 20 credits as its run directory's."""
+    service = ScriptedService()
+    service.history = [task(9)]
+    prior = JournalState()
+    for line in ({"event": "run", "invocation": "i1"},
+                 {"event": "submitted", "step": "s", "task_id": 9, "reattached": True},
+                 {"event": "failed", "step": "s", "category": "failed", "message": "m"},
+                 {"event": "run", "invocation": "i2"},
+                 {"event": "submitting", "step": "s", "key": "k", "reply_ref": "r2",
+                  "account": None, "email": None, "at_ms": 2}):
+        prior.apply(line)
+    found, step = submitter(tmp_path, service, prior)
+    assert await found.recover(step, "r2", None, 50_000, BODY) is None
+
+
 async def test_nothing_found_means_nothing_was_created(tmp_path: Path) -> None:
     found, step = submitter(tmp_path, ScriptedService())
     assert await found.recover(step, "gone", None, 50_000, BODY) is None

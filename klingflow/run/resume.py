@@ -33,9 +33,9 @@ class Resume:
 
     def owned_tasks(self) -> set[int]:
         """Task ids this run directory already owns: recovery must never adopt them again.
-        Every task the journal charged counts, also an earlier invocation's that failed."""
-        owned = set(self.prior.tasks)
-        owned |= {sub.task_id for sub in self.prior.submissions.values() if sub.task_id}
+        Every task a step of its journal had counts (charged, re-attached, or taken over
+        from another run's in-flight record), also an earlier invocation's that failed."""
+        owned = set(self.prior.seen)
         owned |= {int(done["task_id"]) for done in self.prior.finished.values()
                   if done.get("task_id")}
         return owned
