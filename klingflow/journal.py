@@ -74,9 +74,10 @@ class JournalState:
             self.attempts[step] = self.attempts.get(step, 0) + 1
             self.finished.pop(step, None)
         elif kind == "submitted":
-            self.seen.add(int(event["task_id"]))  # a task taken over from an in-flight
-            # record has no 'submitting' line here, and a later POST of its step replaces
-            # the submission: this alone remembers that the run directory had it
+            # `seen` alone remembers every task the run directory had: one taken over
+            # from an in-flight record has no 'submitting' line here, and a later POST of
+            # its step replaces the submission.
+            self.seen.add(int(event["task_id"]))
             if step in self.submissions:
                 self.submissions[step].task_id = event["task_id"]
                 if not event.get("reattached"):
