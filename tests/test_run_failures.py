@@ -158,3 +158,25 @@ def test_json_prints_the_report(isolated: Path, capsys: pytest.CaptureFixture[st
     assert printed == read_report(run_dir)
     assert printed["status"] == "succeeded"
     assert printed["totals"]["tasks_created"] == 3
+
+
+def test_a_task_that_failed_at_the_service_is_remembered_as_no_use(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """So that no later recovery of a POST of the same request (one whose answer was
+    lost, its run directory deleted since) takes the failed task for its own and charges
+    its run for it: the pay-once property test found that window."""
+    from klingflow.cache.local import UNUSABLE
+
+    path = write_pipeline(isolated / "p", "doomed",
+                          [frames_step(f"s{n}", f"shot {n}") for n in range(10)])
+    code, _, err = run_cli(["run", str(path), "--sim", *FAST, "--sim-faults",
+                            "moderation=0.6", "--out", str(isolated / "runs")], capsys)
+    assert code == 1, err
+    failed = {s["task_id"]: s["error_category"]
+              for s in steps_of(read_report(only_run_dir(isolated / "runs", "doomed"))).values()
+              if s["status"] == "failed" and s["task_id"] is not None}
+    assert failed  # some were refused at submit; these failed after their task was made
+
+    kept = json.loads(next((isolated / "home").rglob(UNUSABLE)).read_text())
+    assert {int(task): why for task, why in kept.items()} == {
+        task: f"failed at the service ({category})" for task, category in failed.items()}

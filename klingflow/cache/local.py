@@ -79,8 +79,9 @@ class Cache:
         tmp.replace(dest)
 
     def unusable_tasks(self) -> dict[int, str]:
-        """Locked tasks a run could not restore from (gone, or not the locked clip): task
-        id -> why. `plan` says so and prices the step as will run. Read once."""
+        """Tasks of no use, task id -> why: locked tasks a run could not restore from
+        (gone, or not the locked clip: `plan` says so and prices the step as will run),
+        and tasks that failed at the service (recovery never adopts them). Read once."""
         if self._unusable is None:
             try:
                 data = json.loads((self.root / UNUSABLE).read_text(encoding="utf-8"))

@@ -116,10 +116,12 @@ class Executor:
         return Slots({a.alias: a.max_jobs for a in self.accounts.values()}, total)
 
     def _known_tasks(self, step_id: str, key: str) -> frozenset[int]:
-        """The tasks the cache and the lock hold for this request or step: other POSTs'."""
+        """The tasks the cache and the lock hold for this request or step, and those this
+        machine saw fail or could not use: other POSTs'."""
         entry, locked = self.cache.lookup(key), self._locked.get(step_id)
         return frozenset(task for task in (entry.task_id if entry else None,
-                                           locked.task_id if locked else None) if task)
+                                           locked.task_id if locked else None) if task) \
+            | frozenset(self.cache.unusable_tasks())
 
     def _output_of(self, ref: Ref) -> Any:
         return self.results[ref.name].outputs[ref.attr or "video"]

@@ -122,6 +122,9 @@ class Payer:
             self._durations.record(kind, time.time() - since)
         if task.failed:
             category = "moderation" if is_moderation(task.error) else "generation_failed"
+            # Remembered on this machine, so that no later recovery of a POST of this
+            # request (its run directory deleted, say) takes this task for its own.
+            self._cache.mark_unusable(task.id, f"failed at the service ({category})")
             raise StepFailed(category, f"task {task.id} failed: "
                              f"{task.error or task.message or task.status_name}")
         return task, email, alias
