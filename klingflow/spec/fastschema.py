@@ -7,6 +7,10 @@ jsonschema (a differential property test checks it); any keyword it does not
 know makes compilation fail, so the schema cannot outgrow it silently.
 """
 
+# The checks loop with `for`, not all()/any() over a generator: they run once per value
+# of the file, and a generator per call was over 40% of the schema check's instructions.
+# ruff: noqa: SIM110
+
 from __future__ import annotations
 
 import re
@@ -59,7 +63,16 @@ def _all(checks: list[Check]) -> Check:
         return _always
     if len(checks) == 1:
         return checks[0]
-    return lambda v: all(check(v) for check in checks)
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) and second(v)
+
+    def check(v: Any) -> bool:
+        for each in checks:
+            if not each(v):
+                return False
+        return True
+    return check
 
 
 def _keyword(name: str, value: Any, schema: dict[str, Any], root: Root) -> Check:
@@ -78,8 +91,7 @@ def _ref(value: str, schema: dict[str, Any], root: Root) -> Check:
 def _type(value: str | list[str], schema: dict[str, Any], root: Root) -> Check:
     if isinstance(value, str):
         return _TYPES[value]
-    tests = [_TYPES[t] for t in value]
-    return lambda v: any(test(v) for test in tests)
+    return _any([_TYPES[t] for t in value])
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -132,23 +144,65 @@ def _object(schema: dict[str, Any], root: Root) -> Check:
         for key, item in v.items():
             if not known.get(key, other)(item):
                 return False
-        return all(key in v for key in required)
-    return check
+        for key in required:
+            if key not in v:
+                return False
+        return True
+
+    def check_known(v: Any) -> bool:  # any other key is allowed: look up the known ones
+        if not isinstance(v, dict):
+            return True
+        for key in required:
+            if key not in v:
+                return False
+        for key, test in known_items:
+            if key in v and not test(v[key]):
+                return False
+        return True
+
+    known_items = tuple(known.items())
+    return check_known if other is _always else check
 
 
 def _property_names(value: Any, schema: dict[str, Any], root: Root) -> Check:
     check = compile_check(value, root)
-    return lambda v: not isinstance(v, dict) or all(check(key) for key in v)
+
+    def names(v: Any) -> bool:
+        if isinstance(v, dict):
+            for key in v:
+                if not check(key):
+                    return False
+        return True
+    return names
 
 
 def _items(value: Any, schema: dict[str, Any], root: Root) -> Check:
     check = compile_check(value, root)
-    return lambda v: not isinstance(v, list) or all(check(item) for item in v)
+
+    def items(v: Any) -> bool:
+        if isinstance(v, list):
+            for item in v:
+                if not check(item):
+                    return False
+        return True
+    return items
 
 
 def _any_of(value: list[Any], schema: dict[str, Any], root: Root) -> Check:
-    checks = [compile_check(sub, root) for sub in value]
-    return lambda v: any(check(v) for check in checks)
+    return _any([compile_check(sub, root) for sub in value])
+
+
+def _any(checks: list[Check]) -> Check:
+    if len(checks) == 2:
+        first, second = checks
+        return lambda v: first(v) or second(v)
+
+    def check(v: Any) -> bool:
+        for each in checks:
+            if each(v):
+                return True
+        return False
+    return check
 
 
 def _if(value: Any, schema: dict[str, Any], root: Root) -> Check:
