@@ -82,13 +82,15 @@ class _Builder:
         """Build one node (iteratively, however deep) starting at `event`.
 
         The loop runs once per YAML event (~400,000 in a 10,000-step file), so the
-        common case, a plain untagged scalar, is handled inline."""
-        get_event = self.parser.get_event
+        common cases, a plain untagged scalar and a new plain key, are handled inline;
+        `_next_slot` handles the rest."""
+        get_event, values, keys = self.parser.get_event, self.values, self.keys
         stack: list[_Frame] = []
         while True:
             kind = type(event)
             if kind is _SCALAR and event.anchor is None and event.tag is None:
-                self.values[path] = _where(event)
+                mark = event.start_mark
+                values[path] = (mark.line + 1, mark.column + 1)
                 self.count += 1
                 value = resolve_plain(event.value) if event.implicit[0] else event.value
             elif kind is _MAPPING_START or kind is _SEQUENCE_START:
@@ -105,9 +107,20 @@ class _Builder:
             container = frame.container
             if type(container) is list:
                 container.append(value)
-            elif not frame.skip:
+                path, event = (*frame.path, len(container)), get_event()
+                continue
+            if not frame.skip:
                 container[frame.key] = value  # type: ignore[index,call-overload]
-            path, event = self._next_slot(frame, get_event())
+            event = get_event()
+            key = event.value if type(event) is _SCALAR else None
+            if key is None or key in container:  # the end, a duplicate or a complex key
+                path, event = self._next_slot(frame, event)
+                continue
+            frame.key, frame.skip = key, False
+            path = (*frame.path, key)
+            mark = event.start_mark
+            keys[path] = (mark.line + 1, mark.column + 1)
+            event = get_event()
 
     def _open(self, event: Any, path: DocPath, depth: int) -> _Frame:
         if depth >= MAX_DEPTH:
