@@ -175,7 +175,9 @@ class StepBuilder:
         if name in ("prompt", "negative_prompt") and not isinstance(value, (str, Template)):
             value = str(value)
         if name in IMAGE_FIELDS:
-            self._check_image(value, at, shown)
+            problem = _image_problem(value)
+            if problem:
+                self._fail(at, problem, shown)
         return Written(value, at)
 
     def _resolved(self, name: str, text: str, names: Names, at: DocPath, shown: str) -> Any:
@@ -214,22 +216,6 @@ class StepBuilder:
         self._report(at, message, shown)
         raise _Bad
 
-    def _check_image(self, value: Any, at: DocPath, shown: str) -> None:
-        if isinstance(value, Template) and len(value.parts) == 1:
-            ref = value.parts[0]
-            if isinstance(ref, Ref) and ref.attr == "video":
-                self._fail(at, f"{ref.text} is a clip, not an image; use "
-                               f"${{steps.{ref.name}.first_frame}} or "
-                               f"${{steps.{ref.name}.last_frame}}", shown)
-            return
-        if isinstance(value, str) and value.startswith(("http://", "https://")):
-            problem = url_problem(value)
-            if problem:
-                self._fail(at, problem, shown)
-            return
-        self._fail(at, f"{show(value) if not isinstance(value, Template) else 'this text'} is "
-                       "not an image: write ${inputs.NAME}, ${steps.ID.last_frame} or an "
-                       "http(s) URL", shown)
 
     def _needs(self, index: int, raw: dict[str, Any], step_id: str,
                values: Mapping[str, Written], label: str) -> list[str]:
@@ -289,17 +275,23 @@ class StepBuilder:
 
     def _step(self, index: int, raw: dict[str, Any], step_id: str,
               values: Mapping[str, Written], needs: list[str], bad: set[str]) -> Step:
-        good = {k: w for k, w in values.items() if k not in bad}
-        params: dict[str, Value] = {k: w.value for k, w in good.items() if k not in RUN_FIELDS}
-        run = {k: good[k].value for k in RUN_FIELDS if k in good}
+        params: dict[str, Value] = {}
+        run: dict[str, Any] = {}
+        places: dict[str, tuple[int, int]] = {}
+        for key, written in values.items():  # one pass: this runs for every step
+            if key in bad:
+                continue
+            if key in RUN_FIELDS:
+                run[key] = written.value
+            else:
+                params[key] = written.value
+                places[key] = self._line_col(written.at)
         return Step(
             id=step_id, kind=raw["kind"], params=params, account=run.get("account"),
-            needs=tuple(sorted(set(needs), key=lambda n: self.order.get(n, -1))),
-            retries=run.get("retries", DEFAULT_RETRIES),
+            needs=_in_file_order(needs, self.order), retries=run.get("retries", DEFAULT_RETRIES),
             timeout=float(run.get("timeout", DEFAULT_TIMEOUT)),
             position=self._position(("steps", index)), base_id=raw["id"],
-            positions=Positions(self.file, {k: self._line_col(w.at) for k, w in good.items()
-                                            if k in params}))
+            positions=Positions(self.file, places))
 
     def _position(self, at: DocPath) -> Position:
         found = self._positions.get(at)
@@ -309,6 +301,25 @@ class StepBuilder:
 
     def _line_col(self, at: DocPath) -> tuple[int, int]:
         return self.doc.values.get(at) or self.doc.value_at(at)
+
+
+def _image_problem(value: Any) -> str | None:
+    if isinstance(value, Template) and len(value.parts) == 1:
+        ref = value.parts[0]
+        if isinstance(ref, Ref) and ref.attr == "video":
+            return (f"{ref.text} is a clip, not an image; use ${{steps.{ref.name}.first_frame}} "
+                    f"or ${{steps.{ref.name}.last_frame}}")
+        return None
+    if isinstance(value, str) and value.startswith(("http://", "https://")):
+        return url_problem(value)
+    return (f"{show(value) if not isinstance(value, Template) else 'this text'} is not an "
+            "image: write ${inputs.NAME}, ${steps.ID.last_frame} or an http(s) URL")
+
+
+def _in_file_order(needs: list[str], order: Mapping[str, int]) -> tuple[str, ...]:
+    if len(needs) < 2:  # most steps wait for one step or none
+        return tuple(needs)
+    return tuple(sorted(set(needs), key=lambda n: order.get(n, -1)))
 
 
 def _accounts_of(account: Written | None,
