@@ -23,18 +23,24 @@ class Position:
 
 
 class Positions(Mapping[str, Position]):
-    """Where each of a step's params was written. Kept as the (line, col) pairs the YAML
-    reader made, and made into `Position`s only when one is read: a 10,000-step file
-    has some 60,000 of them, and a run reads none (a program pointing at a line may)."""
+    """Where each of a step's params was written, made into `Position`s only when one is
+    read: a 10,000-step file has some 60,000 of them, and a run reads none (a program
+    pointing at a line may). Each is kept as one int (`pack`), not a (line, col) tuple:
+    the cyclic garbage collector must visit every tuple at least once, and a dict of
+    ints not at all."""
 
     __slots__ = ("_file", "_places")
 
-    def __init__(self, file: str, places: Mapping[str, tuple[int, int]]) -> None:
+    def __init__(self, file: str, places: Mapping[str, int]) -> None:
         self._file = file
         self._places = places
 
+    @staticmethod
+    def pack(line: int, col: int) -> int:
+        return line << 32 | col
+
     def __getitem__(self, name: str) -> Position:
-        line, col = self._places[name]
+        line, col = divmod(self._places[name], 1 << 32)
         return Position(self._file, line, col)
 
     def __iter__(self) -> Iterator[str]:

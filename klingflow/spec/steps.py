@@ -277,7 +277,7 @@ class StepBuilder:
               values: Mapping[str, Written], needs: list[str], bad: set[str]) -> Step:
         params: dict[str, Value] = {}
         run: dict[str, Any] = {}
-        places: dict[str, tuple[int, int]] = {}
+        places: dict[str, int] = {}
         for key, written in values.items():  # one pass: this runs for every step
             if key in bad:
                 continue
@@ -285,7 +285,7 @@ class StepBuilder:
                 run[key] = written.value
             else:
                 params[key] = written.value
-                places[key] = self._line_col(written.at)
+                places[key] = Positions.pack(*self._line_col(written.at))
         return Step(
             id=step_id, kind=raw["kind"], params=params, account=run.get("account"),
             needs=_in_file_order(needs, self.order), retries=run.get("retries", DEFAULT_RETRIES),
