@@ -168,7 +168,7 @@ class StepBuilder:
                shown: str) -> Written:
         value, at = written.value, written.at
         if isinstance(value, str) and has_refs(value):
-            at = _matrix_origin(value, combo) or at
+            at = (_matrix_origin(value, combo) or at) if combo else at
             value = self._resolved(name, value, names, at, shown)
         if name == "duration" and isinstance(value, str):
             value = int(value)
