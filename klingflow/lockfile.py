@@ -103,16 +103,18 @@ def read_lock(path: Path) -> Lock:
                     for name, steps in (data.get("backends") or {}).items() if name}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        raise _unreadable(path, f"{where}{getattr(exc, 'problem', None) or exc}") from exc
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else None
+        raise _unreadable(path, str(getattr(exc, "problem", None) or exc), where) from exc
     except (TypeError, AttributeError, ValueError) as exc:
         raise _unreadable(path, "it does not have a lock's shape") from exc
     return Lock(backends)
 
 
-def _unreadable(path: Path, why: str) -> UsageError:
-    return UsageError(f"{path}: cannot read this lock file ({why}); it was left as it is. "
-                      "Fix it (a merge conflict?) or delete it, then run again")
+def _unreadable(path: Path, why: str, where: str | None = None) -> UsageError:
+    """The error; `where` is FILE:LINE:COL when the YAML reader could say, the form of a
+    pipeline's problems, which editors and CI annotations jump to."""
+    return UsageError(f"{where or path}: cannot read this lock file ({why}); it was left as "
+                      "it is. Fix it (a merge conflict?) or delete it, then run again")
 
 
 def _section(steps: Mapping[str, Any] | None) -> dict[str, LockEntry]:

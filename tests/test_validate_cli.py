@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,7 @@ def _conflicted_lock(pipeline: Path, *, at_the_top: bool = False) -> tuple[Path,
 
 
 def _lock_problem(lock: Path, line: str) -> None:
-    assert line.startswith(f"{lock}: cannot read this lock file (line "), line
+    assert re.match(rf"{re.escape(str(lock))}:\d+:\d+: cannot read this lock file \(", line), line
     assert line.endswith("; it was left as it is. Fix it (a merge conflict?) or delete it, "
                          "then run again"), line
 
