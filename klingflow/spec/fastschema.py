@@ -164,28 +164,19 @@ def _object(schema: dict[str, Any], root: Root) -> Check:
     return check_known if other is _always else check
 
 
-def _property_names(value: Any, schema: dict[str, Any], root: Root) -> Check:
-    check = compile_check(value, root)
+def _every(kind: type[list[Any]] | type[dict[Any, Any]]) -> Callable[..., Check]:
+    """`items` (kind list) and `propertyNames` (kind dict, whose members are its keys)."""
+    def build(value: Any, schema: dict[str, Any], root: Root) -> Check:
+        check = compile_check(value, root)
 
-    def names(v: Any) -> bool:
-        if isinstance(v, dict):
-            for key in v:
-                if not check(key):
-                    return False
-        return True
-    return names
-
-
-def _items(value: Any, schema: dict[str, Any], root: Root) -> Check:
-    check = compile_check(value, root)
-
-    def items(v: Any) -> bool:
-        if isinstance(v, list):
-            for item in v:
-                if not check(item):
-                    return False
-        return True
-    return items
+        def every(v: Any) -> bool:
+            if isinstance(v, kind):
+                for member in v:
+                    if not check(member):
+                        return False
+            return True
+        return every
+    return build
 
 
 def _any_of(value: list[Any], schema: dict[str, Any], root: Root) -> Check:
@@ -225,8 +216,8 @@ _BUILDERS: dict[str, Callable[[Any, dict[str, Any], Root], Check]] = {
     "maxLength": _sized(str, lambda n, limit: n <= limit),
     "minItems": _sized(list, lambda n, limit: n >= limit),
     "minProperties": _sized(dict, lambda n, limit: n >= limit),
-    "propertyNames": _property_names,
-    "items": _items,
+    "propertyNames": _every(dict),
+    "items": _every(list),
     "anyOf": _any_of,
     "if": _if,
 }
