@@ -10,6 +10,7 @@ run at no cost; lost, it can be rebuilt from the cache (`klingflow lock PIPELINE
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +26,7 @@ LOCK_VERSION = 2
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big locks
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 LOCK_MARK = b"# klingflow lock file:"
+_CONFLICT_MARKER = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)  # as git writes them
 HEADER = ("# klingflow lock file: what each step of {name} last produced, per backend.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
@@ -91,6 +93,11 @@ def read_lock(path: Path) -> Lock:
         return Lock({})
     except (OSError, UnicodeDecodeError) as exc:
         raise _unreadable(path, str(exc)) from exc
+    marker = _CONFLICT_MARKER.search(text)
+    if marker:  # the YAML reader would only stumble later, at a line that is fine
+        line = text.count("\n", 0, marker.start()) + 1
+        raise _unreadable(path, f"a merge left its conflict marker '{marker.group()[:7]}' here",
+                          f"{path}:{line}:1")
     try:
         data = yaml.load(text, Loader=_LOADER) or {}
         version = data.get("version")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -109,9 +108,11 @@ def _conflicted_lock(pipeline: Path, *, at_the_top: bool = False) -> tuple[Path,
 
 
 def _lock_problem(lock: Path, line: str) -> None:
-    assert re.match(rf"{re.escape(str(lock))}:\d+:\d+: cannot read this lock file \(", line), line
-    assert line.endswith("; it was left as it is. Fix it (a merge conflict?) or delete it, "
-                         "then run again"), line
+    """Located at the first conflict marker, which is where the merge broke it."""
+    at = lock.read_text().splitlines().index("<<<<<<< HEAD") + 1
+    assert line == (f"{lock}:{at}:1: cannot read this lock file (a merge left its conflict "
+                    "marker '<<<<<<<' here); it was left as it is. Fix it (a merge conflict?) "
+                    "or delete it, then run again"), line
 
 
 @pytest.mark.parametrize("at_the_top", [False, True], ids=["in-entries", "at-the-top"])
