@@ -167,10 +167,14 @@ def test_a_task_that_failed_at_the_service_is_remembered_as_no_use(
     its run for it: the pay-once property test found that window."""
     from klingflow.cache.local import UNUSABLE
 
+    # Each step is refused at submit with p = 0.5, else its task fails later with p = 0.5
+    # (the faults hash each POST's body, whose replyRef is new at every run): with 30
+    # steps, no task failing after it was made has a chance of 0.75 ** 30 < 2e-4.
+    # (10 steps at 0.6, 0.76 ** 10 = 6%, failed a CI run.)
     path = write_pipeline(isolated / "p", "doomed",
-                          [frames_step(f"s{n}", f"shot {n}") for n in range(10)])
+                          [frames_step(f"s{n}", f"shot {n}") for n in range(30)])
     code, _, err = run_cli(["run", str(path), "--sim", *FAST, "--sim-faults",
-                            "moderation=0.6", "--out", str(isolated / "runs")], capsys)
+                            "moderation=0.5", "--out", str(isolated / "runs")], capsys)
     assert code == 1, err
     failed = {s["task_id"]: s["error_category"]
               for s in steps_of(read_report(only_run_dir(isolated / "runs", "doomed"))).values()
