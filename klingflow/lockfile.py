@@ -21,12 +21,14 @@ import yaml
 from klingflow.errors import UsageError
 from klingflow.files import write_atomically
 from klingflow.plan import Plan
+from klingflow.spec.yamlload import describe_yaml_error
 
 LOCK_VERSION = 2
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10x faster on big locks
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 LOCK_MARK = b"# klingflow lock file:"
-_CONFLICT_MARKER = re.compile(r"^(?:<{7}|={7}|>{7})(?: |$)", re.MULTILINE)  # as git writes them
+# As git writes them: 7 by default, more with a conflict-marker-size attribute.
+_CONFLICT_MARKER = re.compile(r"^\ufeff?(<{7,}|={7,}|>{7,})(?: |$)", re.MULTILINE)
 HEADER = ("# klingflow lock file: what each step of {name} last produced, per backend.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
@@ -96,7 +98,7 @@ def read_lock(path: Path) -> Lock:
     marker = _CONFLICT_MARKER.search(text)
     if marker:  # the YAML reader would only stumble later, at a line that is fine
         line = text.count("\n", 0, marker.start()) + 1
-        raise _unreadable(path, f"a merge left its conflict marker '{marker.group()[:7]}' here",
+        raise _unreadable(path, f"a merge left its conflict marker '{marker.group(1)}' here",
                           f"{path}:{line}:1")
     try:
         data = yaml.load(text, Loader=_LOADER) or {}
@@ -111,7 +113,7 @@ def read_lock(path: Path) -> Lock:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else None
-        raise _unreadable(path, str(getattr(exc, "problem", None) or exc), where) from exc
+        raise _unreadable(path, describe_yaml_error(exc), where) from exc
     except (TypeError, AttributeError, ValueError) as exc:
         raise _unreadable(path, "it does not have a lock's shape") from exc
     return Lock(backends)

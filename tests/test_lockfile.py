@@ -22,7 +22,12 @@ def test_a_missing_lock_reads_as_empty(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "where", "why"), [
-    ("version: 2\nsteps: [1, 2", ":3:1", "did not find expected ',' or ']'"),
+    ("version: 2\nsteps: [1, 2", ":3:1", "did not find expected ',' or ']' (while parsing a "
+                                        "flow sequence at line 2)"),
+    ("\ufeff<<<<<<< HEAD\nversion: 2\n", ":1:1", "a merge left its conflict marker '<<<<<<<' "
+                                              "here"),
+    ("version: 2\n<<<<<<<<< ours\n", ":2:1", "a merge left its conflict marker '<<<<<<<<<' "
+                                          "here"),  # git's conflict-marker-size: 9
     ("version: 2\nbackends:\n=======\n", ":3:1", "a merge left its conflict marker '=======' "
                                                  "here"),
     ("version: 2\n  ours: 1\n>>>>>>> theirs\n", ":3:1", "a merge left its conflict marker "

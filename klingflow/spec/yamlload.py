@@ -254,10 +254,11 @@ def _syntax_issue(exc: yaml.YAMLError, text: str) -> Issue:
     else:
         before = text[: getattr(exc, "position", 0)]
         line, col = before.count("\n") + 1, len(before) - (before.rfind("\n") + 1) + 1
-    return Issue((), line, col, f"YAML syntax error: {_describe(exc)}")
+    return Issue((), line, col, f"YAML syntax error: {describe_yaml_error(exc)}")
 
 
-def _describe(exc: yaml.YAMLError) -> str:
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """What the YAML reader found, and what it was reading then (its line)."""
     problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
     context = getattr(exc, "context", None)
     context_mark = getattr(exc, "context_mark", None)
