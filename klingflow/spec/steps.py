@@ -216,7 +216,6 @@ class StepBuilder:
         self._report(at, message, shown)
         raise _Bad
 
-
     def _needs(self, index: int, raw: dict[str, Any], step_id: str,
                values: Mapping[str, Written], label: str) -> list[str]:
         needs: list[str] = []
@@ -304,6 +303,7 @@ class StepBuilder:
 
 
 def _image_problem(value: Any) -> str | None:
+    """Why a resolved image or image_tail value is not an image (None: it is)."""
     if isinstance(value, Template) and len(value.parts) == 1:
         ref = value.parts[0]
         if isinstance(ref, Ref) and ref.attr == "video":
