@@ -96,6 +96,19 @@ def test_fast_check_agrees_with_jsonschema(definition: str, value: Any) -> None:
     assert compile_check(schema["$defs"][definition], schema)(value) == validator.is_valid(value)
 
 
+@pytest.mark.parametrize(("schema", "value"), [
+    ({"const": [1]}, [True]), ({"const": [1]}, [1.0]), ({"const": [True]}, [1]),
+    ({"enum": [{"a": 1}]}, {"a": True}), ({"enum": [{"a": 1}]}, {"a": 1.0}),
+    ({"enum": [[1, [2]]]}, [1, [2.0]]), ({"const": {"a": [False]}}, {"a": [0]}),
+    ({"const": [1, 2]}, [1]),
+])
+def test_fast_check_compares_lists_and_objects_as_json_does(schema: dict[str, Any],
+                                                            value: Any) -> None:
+    """true is not 1 inside a list or an object either (the schema's own const and enum
+    values are scalars today; a later one need not be)."""
+    assert compile_check(schema, schema)(value) == Draft202012Validator(schema).is_valid(value)
+
+
 def test_schema_verdicts_are_located_at_the_value(tmp_path: Path) -> None:
     text = """\
 version: 2

@@ -95,11 +95,15 @@ def _type(value: str | list[str], schema: dict[str, Any], root: Root) -> Check:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """JSON equality: true is not 1, 1.0 is 1."""
+    """JSON equality: true is not 1, 1.0 is 1, also inside lists and objects."""
     if isinstance(a, bool) or isinstance(b, bool):
         return isinstance(a, bool) and isinstance(b, bool) and a == b
     if _is_number(a) and _is_number(b):
         return bool(a == b)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
     return type(a) is type(b) and a == b
 
 
