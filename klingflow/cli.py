@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from klingflow.lockfile import lock_path, read_lock
+    from klingflow.lockfile import is_lock_file, lock_path, read_lock
     from klingflow.spec import load_pipeline
 
     settings = _settings(args)
@@ -52,7 +52,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         return readable[lock]
 
     for path in args.pipelines:
-        if _is_lock(Path(path)):  # `validate pipelines/*.yaml` after a run
+        if is_lock_file(Path(path)):  # `validate pipelines/*.yaml` after a run
             if read(Path(path)):
                 print(f"{path}: skipped: a lock file written by klingflow run, not a pipeline")
             continue
@@ -71,18 +71,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(_count(len(problems), "problem"), "found", file=sys.stderr)
         return EXIT_INVALID
     return EXIT_OK
-
-
-def _is_lock(path: Path) -> bool:
-    """A lock file: one klingflow wrote (its header says so), or NAME.lock.yaml beside
-    NAME.yaml, whatever it holds now (a conflict marker may have replaced the header)."""
-    from klingflow.lockfile import LOCK_SUFFIX, is_lock_file
-
-    if is_lock_file(path):
-        return True
-    name = path.name
-    return name.endswith(LOCK_SUFFIX) and \
-        path.with_name(name[: -len(LOCK_SUFFIX)] + ".yaml").is_file()
 
 
 def _kept_catalogues(path: Path, settings: Settings, backend: str) -> KeptCatalogues:

@@ -74,9 +74,14 @@ def lock_path(pipeline_path: Path) -> Path:
 
 
 def is_lock_file(path: Path) -> bool:
-    """Whether `path` is a lock file klingflow wrote: NAME.lock.yaml, with the lock's header."""
-    if not path.name.endswith(LOCK_SUFFIX):
+    """Whether `path` is a lock file: NAME.lock.yaml with the lock's header, or beside its
+    pipeline NAME.yaml whatever it holds now (a merge conflict may have replaced the
+    header)."""
+    name = path.name
+    if not name.endswith(LOCK_SUFFIX):
         return False
+    if path.with_name(name[: -len(LOCK_SUFFIX)] + ".yaml").is_file():
+        return True
     try:
         with path.open("rb") as handle:
             start = handle.read(len(LOCK_MARK))
