@@ -6,17 +6,22 @@ Run: python bench/bench_http.py [--requests 3000] [--concurrency 12]
 then GETs it `--requests` times from `--concurrency` tasks at once through a
 KlingClient, as a run polls. Printed for each client: the CPU seconds of this
 process (user + system) per request, and the wall time per request. Best of 3 rounds.
+
+Then the HTTP layer alone (a GET, its JSON body read and decoded), on the run's lanes
+and, if it is installed (`pip install aiohttp`; klingflow does not use it), on aiohttp,
+whose response parser is written in C: what a client other than httpx would save.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -52,28 +57,72 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def a_task(client: KlingClient) -> int:
+    """The id of a new task to GET."""
+    asset = await client.upload_asset(png(), "image/png", email=EMAIL)
+    task = await client.submit_frames({"email": EMAIL, "prompt": "a lighthouse",
+                                       "image": asset.url})
+    return task.id
+
+
 async def measure(base: str, make: Callable[[str], httpx.AsyncClient], requests: int,
                   concurrency: int) -> tuple[float, float]:
     """Best (CPU, wall) seconds per request over 3 rounds."""
     async with make(base) as http:
         client = KlingClient(http, token=TOKEN, base_url=base)
-        asset = await client.upload_asset(png(), "image/png", email=EMAIL)
-        task = await client.submit_frames({"email": EMAIL, "prompt": "a lighthouse",
-                                           "image": asset.url})
+        task_id = await a_task(client)
 
-        async def poll(count: int) -> None:
-            for _ in range(count):
-                await client.get_task(task.id, email=EMAIL)
+        async def get() -> None:
+            await client.get_task(task_id, email=EMAIL)
 
-        best = (float("inf"), float("inf"))
-        for _ in range(3):
-            cpu, wall = cpu_seconds(), time.perf_counter()
-            async with anyio.create_task_group() as group:
-                for _ in range(concurrency):
-                    group.start_soon(poll, requests // concurrency)
-            done = requests // concurrency * concurrency
-            best = min(best, ((cpu_seconds() - cpu) / done, (time.perf_counter() - wall) / done))
-        return best
+        return await best_of_3(get, requests, concurrency)
+
+
+async def best_of_3(get: Callable[[], Awaitable[None]], requests: int,
+                    concurrency: int) -> tuple[float, float]:
+    """Best (CPU, wall) seconds per call of `get` over 3 rounds, `concurrency` at once."""
+
+    async def poll(count: int) -> None:
+        for _ in range(count):
+            await get()
+
+    best = (float("inf"), float("inf"))
+    for _ in range(3):
+        cpu, wall = cpu_seconds(), time.perf_counter()
+        async with anyio.create_task_group() as group:
+            for _ in range(concurrency):
+                group.start_soon(poll, requests // concurrency)
+        done = requests // concurrency * concurrency
+        best = min(best, ((cpu_seconds() - cpu) / done, (time.perf_counter() - wall) / done))
+    return best
+
+
+async def measure_layers(base: str, requests: int, concurrency: int) -> dict[str, float]:
+    """CPU seconds per request of the HTTP layer alone (GET a task; read and decode its
+    JSON): the run's lanes, and aiohttp if it is installed."""
+    async with http_client(CONNECTIONS, base_url=base) as http:
+        url = f"{base}/tasks/{await a_task(KlingClient(http, token=TOKEN, base_url=base))}"
+        params = {"email": EMAIL}
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+
+        async def lanes_get() -> None:
+            (await http.get(url, headers=headers, params=params)).json()
+
+        found = {f"lanes ({CONNECTIONS} of one connection)":
+                 (await best_of_3(lanes_get, requests, concurrency))[0]}
+    try:
+        import aiohttp
+    except ImportError:
+        return found
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=CONNECTIONS)) as s:
+
+        async def aiohttp_get() -> None:
+            async with s.get(url, headers=headers, params=params) as response:
+                json.loads(await response.read())
+
+        found[f"aiohttp, pool of {CONNECTIONS}"] = \
+            (await best_of_3(aiohttp_get, requests, concurrency))[0]
+    return found
 
 
 def main() -> None:
@@ -94,6 +143,12 @@ def main() -> None:
             cpu, wall = anyio.run(measure, base, make, args.requests, args.concurrency)
             print(f"  {label:38s} CPU {cpu * 1e6:6.0f} us/request   "
                   f"wall {wall * 1e6:6.0f} us/request")
+        print("the HTTP layer alone (GET, JSON body decoded), the same way:")
+        layers = anyio.run(measure_layers, base, args.requests, args.concurrency)
+        for label, cpu in layers.items():
+            print(f"  {label:38s} CPU {cpu * 1e6:6.0f} us/request")
+        if len(layers) == 1:
+            print("  (pip install aiohttp to compare a client whose parser is C)")
     finally:
         server.terminate()
         server.wait(timeout=30)
