@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
@@ -70,3 +71,31 @@ def real_path(path: Path) -> Path:
     """`path.resolve()` that never raises: a symlink loop (RuntimeError on Python 3.11)
     is left as it is, for the open that follows to report as a located error."""
     return Path(os.path.realpath(path))
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is neither a regular file nor a folder is, for messages."""
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+class NotAFileError(OSError):
+    """A named pipe, socket or device where a file was to be read."""
+
+
+def read_file(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file at `path`: at most `limit` + 1 of them, so that a
+    caller sees a file that is over `limit` (or grew past it) without reading it whole.
+
+    A named pipe, a socket or a device raises NotAFileError (an OSError): reading one
+    could wait for a writer forever (a pipe) or never end (/dev/zero). The file is opened
+    without blocking, then checked, so a pipe never holds the open up."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as handle:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+            raise NotAFileError(0, f"it is {special_kind(mode)}, not a regular file", str(path))
+        return handle.read(limit + 1)

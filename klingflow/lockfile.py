@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from klingflow.errors import UsageError
-from klingflow.files import write_atomically
+from klingflow.files import NotAFileError, read_file, write_atomically
 from klingflow.plan import Plan
 from klingflow.spec.yamlload import describe_yaml_error
 
@@ -29,6 +29,9 @@ _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 LOCK_MARK = b"# klingflow lock file:"
 # As git writes them: 7 by default, more with a conflict-marker-size attribute.
 _CONFLICT_MARKER = re.compile(r"^\ufeff?(<{7,}|={7,}|>{7,})(?: |$)", re.MULTILINE)
+MAX_BYTES = 256 * 1024 * 1024
+"""Far more than any lock klingflow writes (about 400 bytes a step); a file over it is
+refused, not read whole."""
 HEADER = ("# klingflow lock file: what each step of {name} last produced, per backend.\n"
           "# Written by `klingflow run`; commit it with the pipeline. Do not edit.\n")
 
@@ -83,11 +86,9 @@ def is_lock_file(path: Path) -> bool:
     if path.with_name(name[: -len(LOCK_SUFFIX)] + ".yaml").is_file():
         return True
     try:
-        with path.open("rb") as handle:
-            start = handle.read(len(LOCK_MARK))
+        return read_file(path, len(LOCK_MARK)).startswith(LOCK_MARK)
     except OSError:
         return False
-    return start == LOCK_MARK
 
 
 def read_lock(path: Path) -> Lock:
@@ -95,11 +96,16 @@ def read_lock(path: Path) -> Lock:
     is none. A lock that cannot be read (a merge conflict, a bad edit) is a UsageError:
     ignoring it would pay again for what it holds, and rewriting it would lose it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = read_file(path, MAX_BYTES)
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         return Lock({})
     except (OSError, UnicodeDecodeError) as exc:
-        raise _unreadable(path, str(exc)) from exc
+        why = exc.strerror if isinstance(exc, NotAFileError) else None
+        raise _unreadable(path, why or str(exc)) from exc
+    if len(raw) > MAX_BYTES:
+        raise _unreadable(path, f"it is over {MAX_BYTES // 1024 // 1024} MB, far more than any "
+                                "lock klingflow writes")
     marker = _CONFLICT_MARKER.search(text)
     if marker:  # the YAML reader would only stumble later, at a line that is fine
         line = text.count("\n", 0, marker.start()) + 1

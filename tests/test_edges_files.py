@@ -40,3 +40,12 @@ def test_replacing_puts_the_file_in_place(tmp_path: Path) -> None:
         tmp.write_bytes(b"a picture")
     assert [p.name for p in tmp_path.iterdir()] == ["clip.png"]
     assert target.read_bytes() == b"a picture"
+
+
+def test_read_file_reads_one_byte_past_its_limit_and_no_more(tmp_path: Path) -> None:
+    """So a caller sees a file over its limit (one that grew after its size was looked at,
+    or a /proc file that says 0 bytes) without reading it whole."""
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"x" * 100)
+    assert files.read_file(path, 10) == b"x" * 11
+    assert files.read_file(path, 100) == b"x" * 100

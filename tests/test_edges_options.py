@@ -181,6 +181,40 @@ def test_a_pipeline_path_that_is_a_directory_is_a_located_error(
                       "1 problem found\n"
 
 
+def test_a_pipeline_path_that_is_a_device_is_refused_before_it_is_read(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """/dev/zero says it is 0 bytes long and never ends: read whole, it took all memory."""
+    for command in ("validate", "plan", "run"):
+        code, out, err = run_cli([command, "/dev/zero"], capsys)
+        assert (code, out) == (2, ""), command
+        assert err == ("/dev/zero:1:1: <document>: cannot read the file: it is a device, not "
+                       "a regular file\n1 problem found\n")
+
+
+@pytest.mark.timeout(20)
+def test_a_pipeline_path_that_is_a_named_pipe_is_refused_without_waiting_for_a_writer(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = isolated / "p.yaml"
+    os.mkfifo(fifo)
+    code, out, err = run_cli(["validate", str(fifo)], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"{fifo}:1:1: <document>: cannot read the file: it is a named pipe, not a "
+                   "regular file\n1 problem found\n")
+
+
+@pytest.mark.timeout(20)
+def test_a_lock_that_is_a_named_pipe_is_refused_without_waiting_for_a_writer(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _pipeline(isolated / "p")
+    lock = path.with_name(path.stem + ".lock.yaml")
+    os.mkfifo(lock)
+    code, out, err = run_cli(["plan", str(path), "--sim"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"klingflow: {lock}: cannot read this lock file (it is a named pipe, not a "
+                   "regular file); it was left as it is. Fix it (a merge conflict?) or delete "
+                   "it, then run again\n")
+
+
 @pytest.mark.parametrize("account", ["bad", "bad:3", "a@b.c:0", "a@b.c:51", "a b@c.d:2", ":2"])
 def test_a_sim_account_that_is_no_email_with_a_job_limit_is_a_usage_error(
         capsys: pytest.CaptureFixture[str], account: str) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from klingflow.files import special_kind
+
 MIN_SIDE = 300
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 89_478_485
@@ -47,21 +49,13 @@ def check_image(path: Path, written: str) -> ImageCheck:
         return ImageCheck(f"{written!r} is a directory, not an image file (looked for "
                           f"{path}); name a PNG or JPEG file")
     if not stat.S_ISREG(found.st_mode):  # reading a named pipe would wait for a writer
-        return ImageCheck(f"{written!r} is {_special(found.st_mode)}, not an image file "
+        return ImageCheck(f"{written!r} is {special_kind(found.st_mode)}, not an image file "
                           f"(looked for {path}); name a PNG or JPEG file")
     size = found.st_size
     if size > MAX_BYTES:
         return ImageCheck(f"{written!r} is {size / 1024 / 1024:.1f} MB; an input image is at "
                           "most 10 MB")
     return _check_content(path, written)
-
-
-def _special(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a named pipe"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "a device"
 
 
 def _check_content(path: Path, written: str) -> ImageCheck:

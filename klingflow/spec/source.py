@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from klingflow.files import read_file
 from klingflow.spec.issues import Issue
 
 MAX_BYTES = 5 * 1024 * 1024
@@ -16,12 +17,18 @@ def read_source(path: Path) -> tuple[str | None, Issue | None]:
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
-            return None, _whole(f"the file is {size:,} bytes; a pipeline file is at most "
-                                f"5 MB ({MAX_BYTES:,} bytes)")
-        raw = path.read_bytes()
+            return None, _too_big(f"{size:,} bytes")
+        raw = read_file(path, MAX_BYTES)
     except OSError as exc:
         return None, _whole(f"cannot read the file: {exc.strerror or exc}")
+    if len(raw) > MAX_BYTES:  # it grew since, or it is not what its size says (/proc)
+        return None, _too_big(f"over {MAX_BYTES:,} bytes")
     return _decode(raw)
+
+
+def _too_big(size: str) -> Issue:
+    return _whole(f"the file is {size}; a pipeline file is at most 5 MB ({MAX_BYTES:,} "
+                  "bytes)")
 
 
 def _whole(message: str) -> Issue:
