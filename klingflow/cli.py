@@ -430,11 +430,14 @@ def _add_sim_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from klingflow.interrupts import sigterm_as_ctrl_c
+
     args: argparse.Namespace | None = None
     try:
         args = _build_parser().parse_args(argv)
         func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        with sigterm_as_ctrl_c():
+            return func(args)
     except SystemExit:
         raise  # argparse's usage errors (exit 2), --help and --version
     except BrokenPipeError:  # `klingflow plan --json | head`: the reader has what it wanted

@@ -11,7 +11,6 @@ the same clips joined the same way are restored from the cache, never encoded ag
 from __future__ import annotations
 
 import json
-import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ import anyio.to_thread
 from klingflow import media
 from klingflow.cache import Cache
 from klingflow.files import canonical_hash, sha256_file, temporary_beside, write_atomically
+from klingflow.interrupts import stop_signals
 from klingflow.run import StepResult
 from klingflow.seams import continues
 from klingflow.spec.pipeline import Output, Pipeline
@@ -95,7 +95,7 @@ async def make_outputs(pipeline: Pipeline, results: Mapping[str, StepResult], *,
 
 
 async def _cancel_on_signal(scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with stop_signals() as signals:
         async for _ in signals:
             scope.cancel()
             return

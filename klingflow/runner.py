@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -28,6 +27,7 @@ from klingflow.cache.remote import RemoteCache
 from klingflow.client import CONNECTIONS, KlingClient
 from klingflow.errors import Interrupted, RemoteCacheError, UsageError
 from klingflow.files import real_path
+from klingflow.interrupts import stop_signals
 from klingflow.journal import Journal
 from klingflow.lanes import http_client
 from klingflow.live_effects import KeptCatalogue, fetch_and_keep, judged_by_live_effects
@@ -230,7 +230,7 @@ async def _run_until_interrupted(executor: Executor) -> bool:
 
         async def watch_signals() -> None:
             nonlocal interrupted
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            with stop_signals() as signals:
                 async for _ in signals:
                     interrupted = True
                     executor.stop_submitting()

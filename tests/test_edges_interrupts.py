@@ -51,9 +51,12 @@ KlingClient.upload_asset = upload_asset
 """
 
 
-def _start(isolated: Path, argv: list[str], patch: str = "") -> subprocess.Popen[str]:
-    env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT)}
-    env.pop("USEAPI_TOKEN", None)
+def _start(isolated: Path, argv: list[str], patch: str = "",
+           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT),
+           **(env or {})}
+    if "USEAPI_TOKEN" not in (env or {}):
+        env.pop("USEAPI_TOKEN", None)
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER.format(patch=patch), *argv], cwd=isolated, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -146,10 +149,13 @@ def test_ctrl_c_during_the_lock_write_of_klingflow_lock(isolated: Path) -> None:
     assert lock.read_bytes() == before  # the old lock, whole
 
 
-def test_ctrl_c_during_the_final_lock_write_of_a_run(isolated: Path) -> None:
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_during_the_final_lock_write_of_a_run(isolated: Path, stop: str) -> None:
+    """After the run's tasks, SIGTERM too: the run received it as an event until then,
+    and asyncio left it at its default when it stopped listening (exit 143, no word)."""
     path = _pipeline(isolated / "p")
     process = _start(isolated, ["run", str(path), "--sim", "--out", str(isolated / "runs"),
-                                *FAST], SIGINT_DURING_LOCK_WRITE)
+                                *FAST], SIGINT_DURING_LOCK_WRITE.replace("SIGINT", stop))
     code, _, err = finish_process(process)
     assert code == 130, err
     assert _klingflow_lines(err) == ["klingflow: interrupted"], err
@@ -168,3 +174,20 @@ def test_ctrl_c_before_the_run_recorded_anything_leaves_no_run_directory(
                                      "anything: nothing to resume"], err
     assert not (isolated / "runs" / "ctrl-c").exists()
     assert not (path.parent / "ctrl-c.lock.yaml").exists()
+
+
+def test_sigterm_while_waiting_for_the_service_ends_as_ctrl_c_does(isolated: Path) -> None:
+    """Before a run's tasks start (here: the service cannot be reached, and klingflow
+    waits up to --connect-timeout for it), SIGTERM (a CI job cancelled) is Ctrl-C."""
+    path = _pipeline(isolated / "p")
+    process = _start(isolated, ["run", str(path), "--out", str(isolated / "runs")],
+                     env={"USEAPI_TOKEN": "user:1-sigterm",
+                          "KLINGFLOW_API_BASE": "http://127.0.0.1:9/v1/kling"})
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    assert "waiting: cannot reach http://127.0.0.1:9/v1/kling" in first, first
+    process.send_signal(signal.SIGTERM)
+    code, out, err = finish_process(process)
+    assert (code, out, _klingflow_lines(err)) == (130, "", ["klingflow: interrupted"]), err
+    assert "Traceback" not in err
+    assert not (isolated / "runs" / "ctrl-c").exists()
