@@ -325,6 +325,24 @@ def test_a_resumed_task_is_not_charged_to_the_budget_twice(tmp_path: Path,
     assert len(ledger(sim_url)) == 1
 
 
+def test_a_task_re_attached_after_a_crash_needs_no_budget(tmp_path: Path,
+                                                          sim_url: str) -> None:
+    """A plain re-run (no --resume) after a crash: the killed run paid for s0's task, so
+    re-attaching to it reserves nothing, and the budget is there for s1, the one new
+    task. It was reserved for s0 too, and s1 failed as `[budget]`."""
+    path = make_project(tmp_path, "reattached", chain_steps(2))
+    env = cli_env(sim_url, tmp_path)
+    kill_after(start_run(path, env), "submitted", tmp_path / "runs")
+    code, report, err = finish(start_run(path, env, "--budget", "20"))
+    assert code == 0, err
+    assert report is not None
+    assert [s["status"] for s in report["steps"]] == ["succeeded", "succeeded"]
+    assert f" s0 re-attached: task {report['steps'][0]['task_id']}\n" in err
+    assert [s["charged_now"] for s in report["steps"]] == [0, 20]
+    assert report["totals"]["credits_charged"] == 20
+    assert_one_task_per_step(ledger(sim_url), report)
+
+
 def test_slots_held_for_tasks_from_before_are_freed_when_the_cache_serves_them(
         tmp_path: Path, sim_url: str) -> None:
     steps = [{"id": f"s{i}", "kind": "frames", "image": "${inputs.hero}",

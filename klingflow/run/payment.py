@@ -80,16 +80,8 @@ class Payer:
                         request: dict[str, Any], *, lease: Lease | None,
                         previous: ClaimState | None) -> None:
         step, credits = planned.step, planned.credits
-        reserved = step.id not in self._prepaid  # a task paid before a crash is counted
-        if reserved:
-            self._budget.reserve(step.id, credits)
-        try:
-            task, email, alias = await self._submit_and_wait(planned, result, lease,
-                                                             _record(previous))
-        except BaseException:
-            if reserved and result.task_id is None:
-                self._budget.refund(credits)
-            raise
+        task, email, alias = await self._submit_and_wait(planned, result, lease,
+                                                         _record(previous))
         try:
             await self._collector.collect(step, result, task, email)
             await self._collector.keep(result, task_id=task.id, account=alias,
@@ -97,6 +89,22 @@ class Payer:
         except (OSError, MediaError) as exc:
             raise _uncollected(task, exc) from exc
         self._submitter.settled(result.key or "")
+
+    async def _submit(self, planned: PlannedStep, result: StepResult, key: str,
+                      lease: Lease | None) -> tuple[str | None, Task]:
+        """A new task, its credits reserved against the budget first, and given back if
+        nothing was sent. A task re-attached to was paid for by the run that sent it, so
+        it needs no budget; one this run directory paid before a crash is counted in the
+        budget's start (`prepaid`)."""
+        reserved = planned.id not in self._prepaid
+        if reserved:
+            self._budget.reserve(planned.id, planned.credits)
+        try:
+            return await self._submitter.submit(planned.step, result, key, lease=lease)
+        except BaseException:
+            if reserved and result.task_id is None:
+                self._budget.refund(planned.credits)
+            raise
 
     async def _submit_and_wait(self, planned: PlannedStep, result: StepResult,
                                lease: Lease | None, previous: InFlight | None,
@@ -107,7 +115,7 @@ class Payer:
         alias, task = await self._submitter.reattach(step, result, key, previous=previous,
                                                      lease=lease)
         if task is None:
-            alias, task = await self._submitter.submit(step, result, key, lease=lease)
+            alias, task = await self._submit(planned, result, key, lease)
         email = self._submitter.email(alias)
         since = self._submitter.submitted_at(step.id)
         kind = Durations.key(self._backend, step.kind, planned.model, planned.mode,
