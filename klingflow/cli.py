@@ -80,8 +80,10 @@ def _kept_catalogues(path: Path, settings: Settings, backend: str) -> KeptCatalo
 
 
 def _note_unchecked_effects(path: str, effects: KeptCatalogues) -> None:
+    import shlex  # the command is to be pasted into a shell: a path with spaces, quoted
+
     sim = " --sim" if effects.backend == "sim" else ""
-    note = effects.unchecked_note(f"klingflow effects {path}{sim}")
+    note = effects.unchecked_note(f"klingflow effects {shlex.quote(path)}{sim}")
     if note:
         print(f"{path}: note: {note}", file=sys.stderr)
 

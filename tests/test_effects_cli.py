@@ -125,6 +125,15 @@ def test_unchecked_effects_are_noted_once_and_do_not_fail(
         f"useapi.net is kept for the default account; fetch it with: klingflow effects {path}\n")
 
 
+def test_the_command_the_note_gives_is_quoted_for_a_shell(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It is there to be pasted: a folder with a space in its name is quoted."""
+    path = write(isolated / "my films", "fx", effect("a", "effect: hug"))
+    code, _, err = run_cli(["validate", str(path), "--sim"], capsys)
+    assert code == 0
+    assert err.endswith(f"fetch it with: klingflow effects '{path}' --sim\n")
+
+
 def test_a_real_effect_the_simulator_does_not_list_is_refused_once_its_catalogue_is_kept(
         isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(isolated / "p", "fx", effect("a", "effect: jelly_press"))
