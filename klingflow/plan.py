@@ -33,6 +33,8 @@ from klingflow.spec.pipeline import Pipeline, Ref, Step, Template, Value
 PLAN_FORMAT = 1
 CACHED = "cached"
 RESTORE = "restore"
+RE_ATTACH = "re-attach"
+NO_COST = (CACHED, RESTORE, RE_ATTACH)
 REPLY_REF_PLACEHOLDER = "<unique per submit>"
 
 PriceSource = Literal["table", "pipeline", "unknown"]
@@ -94,6 +96,7 @@ class Plan:
     unknown: tuple[str, ...]  # ids of the steps that will run and whose price is unknown
     cached: tuple[str, ...] = ()  # ids of the steps the cache already holds (no cost)
     restored: tuple[str, ...] = ()  # ids of the steps the lock restores (no cost)
+    reattached: tuple[str, ...] = ()  # ids of the steps whose paid task is re-attached to
 
     @property
     def complete(self) -> bool:
@@ -305,12 +308,13 @@ def with_verdicts(plan: Plan, pipeline: Pipeline,
     totals then count only the steps that will run."""
     steps = tuple(replace(s, cache=verdicts[s.id][0], reason=verdicts[s.id][1] or None)
                   for s in plan.steps)
-    running = tuple(s for s in steps if s.cache not in (CACHED, RESTORE))
+    running = tuple(s for s in steps if s.cache not in NO_COST)
     return replace(plan, steps=steps, accounts=_account_totals(pipeline, running),
                    credits=sum(s.credits for s in running if s.credits is not None),
                    unknown=tuple(s.id for s in running if s.credits is None),
                    cached=tuple(s.id for s in steps if s.cache == CACHED),
-                   restored=tuple(s.id for s in steps if s.cache == RESTORE))
+                   restored=tuple(s.id for s in steps if s.cache == RESTORE),
+                   reattached=tuple(s.id for s in steps if s.cache == RE_ATTACH))
 
 
 def known_cost(pipeline: Pipeline) -> int:
@@ -376,6 +380,7 @@ def _totals_json(plan: Plan) -> dict[str, object]:
         "complete": plan.complete,
         "cached": list(plan.cached),
         "restored": list(plan.restored),
+        "reattached": list(plan.reattached),
         "accounts": [
             {"account": a.account, "email": a.email, "steps": a.steps,
              "credits": a.credits, "unknown": list(a.unknown)}

@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 
 from klingflow.cache import Cache, CacheEntry
+from klingflow.cache.inflight import InFlightRecords
 from klingflow.cache.remote import RemoteCache
 from klingflow.catalogue import KeptCatalogues
 from klingflow.errors import UsageError
@@ -33,7 +34,8 @@ def judge_for(pipeline: Pipeline, settings: Settings, *,
     lock = read_lock(lock_path(pipeline.path))
     return Judge(pipeline=pipeline, cache=cache, backend=settings.backend,
                  locked=lock.steps(settings.backend), unusable=cache.unusable_tasks(),
-                 forced=forced, remote=_remote_records(settings))
+                 forced=forced, remote=_remote_records(settings),
+                 inflight=InFlightRecords(cache.root).get)
 
 
 def _remote_records(settings: Settings) -> Callable[[str], CacheEntry | None] | None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from klingflow.cache import Cache, CacheEntry
+from klingflow.cache.inflight import InFlight
 from klingflow.files import canonical_hash, file_hash
 from klingflow.lockfile import LockEntry
 from klingflow.plan import endpoint_of, request_body
@@ -26,6 +27,7 @@ ClipHash = Callable[[str], str]  # step id -> the SHA-256 of its clip
 
 CACHED = "cached"  # the local cache holds it
 RESTORE = "restore"  # the remote cache holds it, or the lock names its (still held) task
+RE_ATTACH = "re-attach"  # an earlier run's POST made its task, paid and not yet collected
 WILL_RUN = "will run"
 FREE = (CACHED, RESTORE)
 
@@ -49,7 +51,7 @@ def request_key(step: Step, pipeline: Pipeline, backend: str,
 @dataclass(frozen=True, slots=True)
 class Verdict:
     step_id: str
-    verdict: str  # CACHED, RESTORE or WILL_RUN
+    verdict: str  # CACHED, RESTORE, RE_ATTACH or WILL_RUN
     reason: str  # why: lock, task N; new (never run, or its upstream is); changed: FIELD;
     # upstream changed: ID (a step whose output the request carries will run); forced...
     key: str | None  # None while an upstream step has no result yet
@@ -76,6 +78,7 @@ class Judge:
     unusable: Mapping[int, str]
     forced: frozenset[str] = frozenset()
     remote: Callable[[str], CacheEntry | None] | None = None  # the remote's record of a key
+    inflight: Callable[[str], InFlight | None] | None = None  # a POST sent for a key before
 
 
 def verdicts(judge: Judge, order: list[Step]) -> dict[str, Verdict]:
@@ -90,8 +93,10 @@ def _verdict(judge: Judge, step: Step, found: Mapping[str, Verdict]) -> Verdict:
     locked = judge.locked.get(step.id)
     upstream = [n for n in _referenced(step) if found[n].verdict not in FREE]
     if upstream:
-        new = locked is None or found[upstream[0]].reason == "new"
-        reason = "new" if new else f"upstream changed: {upstream[0]}"
+        first = found[upstream[0]]
+        new = locked is None or first.reason == "new"
+        reason = f"upstream in flight: {upstream[0]}" if first.verdict == RE_ATTACH else \
+            "new" if new else f"upstream changed: {upstream[0]}"
         return Verdict(step.id, WILL_RUN, reason, None)
 
     def clip_hash(step_id: str) -> str:
@@ -113,6 +118,12 @@ def _verdict(judge: Judge, step: Step, found: Mapping[str, Verdict]) -> Verdict:
         if why is None:
             return Verdict(step.id, RESTORE, f"lock, task {locked.task_id}", key, locked=locked)
         return Verdict(step.id, WILL_RUN, why, key)
+    sent = judge.inflight(key) if judge.inflight is not None else None
+    if sent is not None and sent.task_id is not None and sent.task_id not in judge.unusable:
+        return Verdict(step.id, RE_ATTACH, f"task {sent.task_id}, paid before", key)
+    if sent is not None and sent.task_id is None:
+        return Verdict(step.id, WILL_RUN, "sent before, its answer lost: the task it may have "
+                                          "made is looked for first", key)
     return Verdict(step.id, WILL_RUN, _why_not_free(request, locked, judge.cache), key)
 
 

@@ -325,18 +325,29 @@ def test_a_resumed_task_is_not_charged_to_the_budget_twice(tmp_path: Path,
     assert len(ledger(sim_url)) == 1
 
 
-def test_a_task_re_attached_after_a_crash_needs_no_budget(tmp_path: Path,
-                                                          sim_url: str) -> None:
-    """A plain re-run (no --resume) after a crash: the killed run paid for s0's task, so
-    re-attaching to it reserves nothing, and the budget is there for s1, the one new
-    task. It was reserved for s0 too, and s1 failed as `[budget]`."""
+def test_a_task_re_attached_after_a_crash_is_planned_and_run_at_no_cost(
+        tmp_path: Path, sim_url: str) -> None:
+    """After a crash, the killed run paid for s0's task. `plan` says a run re-attaches to
+    it at no cost (it said "will run (new)" and counted it). A plain re-run (no
+    --resume) does so and reserves nothing for it, so the budget is there for s1, the
+    one new task (s0's price was reserved too, and s1 failed as `[budget]`)."""
     path = make_project(tmp_path, "reattached", chain_steps(2))
     env = cli_env(sim_url, tmp_path)
     kill_after(start_run(path, env), "submitted", tmp_path / "runs")
+    task_id = ledger(sim_url)[0]["task_id"]
+    planned = plan_json(path, env)
+    assert [s["cache"] for s in planned["steps"]] == [
+        {"verdict": "re-attach", "reason": f"task {task_id}, paid before"},
+        {"verdict": "will run", "reason": "upstream in flight: s0"}]
+    assert (planned["totals"]["credits"], planned["totals"]["reattached"]) == (20, ["s0"])
+    text = subprocess.run([sys.executable, "-m", "klingflow", "plan", str(path)], env=env,
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "  overall: 1 step, 20 credits (1 re-attached, at no cost)" in text.splitlines()
     code, report, err = finish(start_run(path, env, "--budget", "20"))
     assert code == 0, err
     assert report is not None
     assert [s["status"] for s in report["steps"]] == ["succeeded", "succeeded"]
+    assert report["steps"][0]["task_id"] == task_id
     assert f" s0 re-attached: task {report['steps'][0]['task_id']}\n" in err
     assert [s["charged_now"] for s in report["steps"]] == [0, 20]
     assert report["totals"]["credits_charged"] == 20

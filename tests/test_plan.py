@@ -306,6 +306,7 @@ def test_json_matches_schema_and_content() -> None:
     jsonschema.validate(data, SCHEMA, cls=jsonschema.Draft202012Validator)
     assert data["totals"] == {
         "credits": 35, "unknown": ["launch"], "complete": False, "cached": [], "restored": [],
+        "reattached": [],
         "accounts": [{"account": "main", "email": "studio@example.com", "steps": 2,
                       "credits": 35, "unknown": ["launch"]}]}
     assert data["outputs"] == {"film": {"concat": ["launch", "climb"]}}

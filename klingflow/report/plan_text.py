@@ -64,9 +64,10 @@ def _compact(body: Mapping[str, object]) -> str:
 def _total_lines(plan: Plan) -> list[str]:
     lines = [f"  {_account_text(a.account, a.email)}: {_cost_text(a.steps, a.credits, a.unknown)}"
              for a in plan.accounts]
-    running = len(plan.steps) - len(plan.cached) - len(plan.restored)
+    running = len(plan.steps) - len(plan.cached) - len(plan.restored) - len(plan.reattached)
     free = [f"{len(plan.cached)} cached"] if plan.cached else []
     free += [f"{len(plan.restored)} restored"] if plan.restored else []
+    free += [f"{len(plan.reattached)} re-attached"] if plan.reattached else []
     at_no_cost = f" ({', '.join(free)}, at no cost)" if free else ""
     lines.append(f"  overall: {_cost_text(running, plan.credits, plan.unknown)}{at_no_cost}")
     if plan.budget is not None:
