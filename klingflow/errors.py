@@ -65,10 +65,12 @@ class Problem:
 
 
 class PipelineError(KlingflowError):
-    """A pipeline file that cannot be used; carries every problem found, sorted."""
+    """A pipeline file that cannot be used; carries every problem found, once each, by
+    position (those at one position in the order they were found: a text's references
+    as they are written)."""
 
     def __init__(self, problems: list[Problem]) -> None:
-        self.problems = sorted(set(problems))
+        self.problems = sorted(dict.fromkeys(problems), key=lambda p: (p.file, p.line, p.col))
         count = len(self.problems)
         super().__init__(f"{count} problem{'s' if count != 1 else ''} found")
 

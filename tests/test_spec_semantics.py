@@ -35,8 +35,32 @@ steps:
         "p.yaml:13:17: steps[1] (id: b).image_tail: unknown attribute 'lastframe' in "
         "${steps.a.lastframe}: a step produces video, first_frame, last_frame; "
         "did you mean 'last_frame'?",
+        # every bad reference of one text, as they are written
+        "p.yaml:14:13: steps[1] (id: b).prompt: unknown reference ${input.hero}: 'input' is "
+        "not one of inputs, vars, steps, matrix; did you mean 'inputs'?",
         "p.yaml:14:13: steps[1] (id: b).prompt: unclosed '${' in ' and ${vars.look'; "
         "write ${scope.name} with a closing '}'",
+    ]
+
+
+def test_every_bad_reference_of_a_text_is_reported_in_the_order_written(
+        tmp_path: Path) -> None:
+    """One pass finds them all: it used to stop at a text's first bad reference. One
+    written twice is one problem."""
+    text = HEAD + f"""inputs: {{hero: {URL}}}
+steps:
+  - id: a
+    kind: frames
+    image: ${{inputs.hero}}
+    prompt: ${{vars.x}} ${{inputs.y}} ${{steps.nope.video}} ${{vars.x}}
+"""
+    assert problems(tmp_path, text) == [
+        "p.yaml:8:13: steps[0] (id: a).prompt: unknown var 'x' in ${vars.x}; no vars are "
+        "declared",
+        "p.yaml:8:13: steps[0] (id: a).prompt: unknown input 'y' in ${inputs.y}; declared: "
+        "hero",
+        "p.yaml:8:13: steps[0] (id: a).prompt: unknown step 'nope' in ${steps.nope.video}; "
+        "steps are: a",
     ]
 
 

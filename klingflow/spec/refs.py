@@ -17,6 +17,21 @@ _TOKEN = re.compile(r"\$\{([^{}]*)\}")
 class RefError(ValueError):
     """A reference that names nothing, or cannot be used where it is."""
 
+    def messages(self) -> list[str]:
+        """One message per problem: a text may hold several bad references."""
+        return [str(self)]
+
+
+class RefErrors(RefError):
+    """Every bad reference of one text, in the order they are written."""
+
+    def __init__(self, errors: list[RefError]) -> None:
+        super().__init__(str(errors[0]))
+        self.errors = errors
+
+    def messages(self) -> list[str]:
+        return [str(error) for error in self.errors]
+
 
 class ReportedRef(RefError):
     """A reference to a value whose own problem is already reported: not reported again."""
@@ -51,27 +66,53 @@ def resolve_text(text: str, names: Names) -> Any:
     """`text` with vars and matrix values substituted; run-time references as a Template.
 
     A text that is exactly one reference takes the referenced value's own type.
-    Raises RefError on the first reference that does not hold.
+    Raises RefError if a reference does not hold (RefErrors if several do not: each is
+    reported, so that one pass over a file finds them all).
     """
-    tokens = _tokens(text)
+    tokens, unclosed = _tokens(text)
+    parts: list[Any] = []
+    errors: list[RefError] = []
+    for token in tokens:
+        if isinstance(token, str):
+            parts.append(token)
+            continue
+        try:
+            parts.append(_lookup(token, names))
+        except RefError as exc:
+            errors.append(exc)
+    if unclosed is not None:
+        errors.append(unclosed)
+    if errors:
+        raise _together(errors)
     if len(tokens) == 1 and not isinstance(tokens[0], str):
-        return _lookup(tokens[0], names)
-    parts = [t if isinstance(t, str) else _lookup(t, names) for t in tokens]
+        return parts[0]
     return _join(parts)
 
 
-def _tokens(text: str) -> list[str | tuple[str, ...]]:
+def _together(errors: list[RefError]) -> RefError:
+    """The error to raise for a text's bad references: those not reported before (a
+    ReportedRef names a value whose own problem is), or a ReportedRef if all were."""
+    shown = [error for error in errors if not isinstance(error, ReportedRef)]
+    if not shown:
+        return errors[0]
+    return shown[0] if len(shown) == 1 else RefErrors(shown)
+
+
+def _tokens(text: str) -> tuple[list[str | tuple[str, ...]], RefError | None]:
+    """The text's plain pieces and references, and the error of an unclosed `${` at its
+    end (the references before it are still checked)."""
     pieces = _TOKEN.split(text)  # text, reference, text, ..., text (one C call)
+    unclosed = None
     if "${" in pieces[-1]:
-        raise RefError(f"unclosed '${{' in {pieces[-1]!r}; write ${{scope.name}} with a "
-                       "closing '}'")
+        unclosed = RefError(f"unclosed '${{' in {pieces[-1]!r}; write ${{scope.name}} with a "
+                            "closing '}'")
     tokens: list[str | tuple[str, ...]] = []
     for n, piece in enumerate(pieces):
         if n % 2:
             tokens.append(tuple(piece.strip().split(".")))
         elif piece:
             tokens.append(piece)
-    return tokens
+    return tokens, unclosed
 
 
 def _join(parts: list[Any]) -> str | Template:

@@ -46,29 +46,34 @@ def read_inputs(doc: YamlDocument, raw: Mapping[str, Any], names: Names, base: P
                 issues: list[Issue]) -> dict[str, Input]:
     inputs = {}
     for name, written in raw.items():
-        problem, record = _input(name, written, names, base)
-        if problem:
-            issues.append(Issue(("inputs", name), *doc.value_at(("inputs", name)), problem))
-        elif record:
+        problems, record = _input(name, written, names, base)
+        issues += [Issue(("inputs", name), *doc.value_at(("inputs", name)), problem)
+                   for problem in problems]
+        if not problems and record:
             inputs[name] = record
     return inputs
 
 
-def _input(name: str, written: str, names: Names, base: Path) -> tuple[str | None, Input | None]:
+def _input(name: str, written: str, names: Names, base: Path) -> tuple[list[str], Input | None]:
+    """The input's problems (each bad reference of its text is one), or its record."""
     try:
         text = resolve_text(written, names) if has_refs(written) else written
     except ReportedRef:
-        return None, None
+        return [], None
     except RefError as exc:
-        return str(exc), None
+        return exc.messages(), None
     text = str(text)
     if text.startswith(("http://", "https://")):
-        return url_problem(text), Input(name, url=text)
+        return _listed(url_problem(text)), Input(name, url=text)
     if "://" in text or "\x00" in text:
-        return f"{text!r} is neither an http(s) URL nor a local path", None
+        return [f"{text!r} is neither an http(s) URL nor a local path"], None
     path = real_path(base / text)
     checked = check_image(path, text)
-    return checked.problem, Input(name, path=path, content_type=checked.content_type)
+    return _listed(checked.problem), Input(name, path=path, content_type=checked.content_type)
+
+
+def _listed(problem: str | None) -> list[str]:
+    return [problem] if problem else []
 
 
 def read_prices(doc: YamlDocument, raw: list[dict[str, Any]],

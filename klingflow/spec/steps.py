@@ -125,7 +125,8 @@ class StepBuilder:
             return Written(resolve_text(value, self.names), at)
         except RefError as exc:
             if not isinstance(exc, ReportedRef):
-                self._report(at, str(exc))
+                for message in exc.messages():
+                    self._report(at, message)
             return None
 
     def _report(self, at: DocPath, message: str, shown: str = "") -> None:
@@ -186,7 +187,10 @@ class StepBuilder:
         except ReportedRef:
             raise _Bad from None
         except RefError as exc:
-            self._fail(at, str(exc), shown)
+            *first, last = exc.messages()
+            for message in first:
+                self._report(at, message, shown)
+            self._fail(at, last, shown)
         if name in TYPED_FIELDS and isinstance(value, Template):
             self._fail(at, f"{name} must be known before the run; a reference to an input or "
                            "a step cannot be used here", shown)
