@@ -196,6 +196,21 @@ steps:
         "path"]
 
 
+def test_a_url_scheme_in_capitals_is_a_url(tmp_path: Path) -> None:
+    """Schemes are case-insensitive (RFC 3986): HTTPS://... was taken for a local path."""
+    text = HEAD + """\
+inputs: {shot: "HTTPS://X.TEST/a.png"}
+steps:
+  - id: a
+    kind: frames
+    image: ${inputs.shot}
+    image_tail: Http://x.test/b.png
+"""
+    pipeline = loaded(tmp_path, text)
+    assert pipeline.inputs["shot"].url == "HTTPS://X.TEST/a.png"
+    assert pipeline.steps[0].params["image_tail"] == "Http://x.test/b.png"
+
+
 def test_a_valid_pipeline_becomes_records(tmp_path: Path) -> None:
     png(tmp_path / "hero.png", 320, 320)
     pipeline = loaded(tmp_path, """\

@@ -124,6 +124,12 @@ def _size_of_bomb(path: Path) -> tuple[int, int]:
     return 0, 0
 
 
+def is_http_url(text: str) -> bool:
+    """Whether `text` is written as an http(s) URL; a scheme is case-insensitive, so
+    HTTPS://HOST/PATH is one (RFC 3986)."""
+    return text[:8].lower().startswith(("http://", "https://"))
+
+
 def url_problem(text: str) -> str | None:
     """Why `text`, an http(s) URL, cannot be sent as an image URL; None if it can."""
     if any(c.isspace() for c in text):

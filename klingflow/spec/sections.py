@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from klingflow.files import real_path
-from klingflow.spec.images import check_image, url_problem
+from klingflow.spec.images import check_image, is_http_url, url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Account, Input, Output, PriceEntry
 from klingflow.spec.refs import (
@@ -63,7 +63,7 @@ def _input(name: str, written: str, names: Names, base: Path) -> tuple[list[str]
     except RefError as exc:
         return exc.messages(), None
     text = str(text)
-    if text.startswith(("http://", "https://")):
+    if is_http_url(text):
         return _listed(url_problem(text)), Input(name, url=text)
     if "://" in text or "\x00" in text:
         return [f"{text!r} is neither an http(s) URL nor a local path"], None

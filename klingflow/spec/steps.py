@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 from klingflow.catalogue import Catalogue, Catalogues
 from klingflow.kinds import EFFECT, FRAMES, KINDS
 from klingflow.models import DEFAULT_MODEL, MODELS
-from klingflow.spec.images import url_problem
+from klingflow.spec.images import is_http_url, url_problem
 from klingflow.spec.issues import DocPath, Issue, YamlDocument
 from klingflow.spec.pipeline import Position, Positions, Ref, Step, Template, Value
 from klingflow.spec.refs import (
@@ -314,7 +314,7 @@ def _image_problem(value: Any) -> str | None:
             return (f"{ref.text} is a clip, not an image; use ${{steps.{ref.name}.first_frame}} "
                     f"or ${{steps.{ref.name}.last_frame}}")
         return None
-    if isinstance(value, str) and value.startswith(("http://", "https://")):
+    if isinstance(value, str) and is_http_url(value):
         return url_problem(value)
     return (f"{show(value) if not isinstance(value, Template) else 'this text'} is not an "
             "image: write ${inputs.NAME}, ${steps.ID.last_frame} or an http(s) URL")
