@@ -125,6 +125,8 @@ def read_lock(path: Path) -> Lock:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else None
         raise _unreadable(path, describe_yaml_error(exc), where) from exc
+    except _BadEntry as exc:
+        raise _unreadable(path, str(exc)) from exc
     except (TypeError, AttributeError, ValueError) as exc:
         raise _unreadable(path, "it does not have a lock's shape") from exc
     return Lock(backends)
@@ -138,9 +140,37 @@ def _unreadable(path: Path, why: str, where: str | None = None) -> UsageError:
 
 
 def _section(steps: Mapping[str, Any] | None) -> dict[str, LockEntry]:
-    return {sid: LockEntry(**{k: v for k, v in entry.items() if k in _FIELDS - {"outputs"}},
-                           outputs=entry.get("outputs") or {})
-            for sid, entry in (steps or {}).items()}
+    return {str(sid): _entry(str(sid), entry) for sid, entry in (steps or {}).items()}
+
+
+class _BadEntry(ValueError):
+    """A lock entry whose value is not one klingflow writes (a hand edit)."""
+
+
+def _entry(step_id: str, raw: Mapping[str, Any]) -> LockEntry:
+    """One step's entry, its values checked: a task id of 'abc' was shown by `plan` as a
+    restore, and only the run found it gone."""
+    entry = LockEntry(**{k: v for k, v in raw.items() if k in _FIELDS - {"outputs"}},
+                      outputs=raw.get("outputs") or {})
+    expected = (
+        ("key", entry.key, isinstance(entry.key, str) and entry.key, "a request key"),
+        ("task_id", entry.task_id, entry.task_id is None or _count(entry.task_id, 1),
+         "a task id (a positive whole number) or null"),
+        ("credits", entry.credits, entry.credits is None or _count(entry.credits, 0),
+         "credits (a whole number, 0 or more) or null"),
+        ("duration", entry.duration, _count(entry.duration, 1), "seconds (a whole number)"),
+        ("outputs", entry.outputs, isinstance(entry.outputs, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in entry.outputs.items()),
+         "a mapping of outputs to SHA-256 hashes"),
+    )
+    for name, value, good, what in expected:
+        if not good:
+            raise _BadEntry(f"{step_id}.{name} is {value!r}, not {what}")
+    return entry
+
+
+def _count(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def entry_for(plan: Plan, step_id: str, *, key: str, task_id: int | None,

@@ -21,6 +21,11 @@ def test_a_missing_lock_reads_as_empty(tmp_path: Path) -> None:
     assert read_lock(tmp_path / "none.lock.yaml").backends == {}
 
 
+ENTRY = ("version: 2\nbackends:\n  sim:\n    one:\n      key: k\n      task_id: {task_id}\n"
+         "      account: null\n      model: kling-v2-1\n      mode: std\n      duration: 5\n"
+         "      credits: {credits}\n      outputs: {{video: v}}\n")
+
+
 @pytest.mark.parametrize(("text", "where", "why"), [
     ("version: 2\nsteps: [1, 2", ":3:1", "did not find expected ',' or ']' (while parsing a "
                                         "flow sequence at line 2)"),
@@ -34,6 +39,13 @@ def test_a_missing_lock_reads_as_empty(tmp_path: Path) -> None:
                                                         "'>>>>>>>' here"),
     ("version: 99\n", "", "version 99, not one this klingflow reads (1 or 2)"),
     ("- a\n- b\n", "", "it does not have a lock's shape"),
+    # hand edits: plan showed 'restore (lock, task abc)', and only the run found it gone
+    (ENTRY.format(task_id="abc", credits=20), "", "one.task_id is 'abc', not a task id (a "
+                                                  "positive whole number) or null"),
+    (ENTRY.format(task_id=-1, credits=20), "", "one.task_id is -1, not a task id (a positive "
+                                               "whole number) or null"),
+    (ENTRY.format(task_id=5, credits="lots"), "", "one.credits is 'lots', not credits (a whole "
+                                                  "number, 0 or more) or null"),
 ])
 def test_a_broken_lock_is_an_error_not_an_empty_lock(tmp_path: Path, text: str, where: str,
                                                      why: str) -> None:
