@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -86,16 +87,24 @@ class NotAFileError(OSError):
     """A named pipe, socket or device where a file was to be read."""
 
 
-def read_file(path: Path, limit: int) -> bytes:
-    """The bytes of the regular file at `path`: at most `limit` + 1 of them, so that a
-    caller sees a file that is over `limit` (or grew past it) without reading it whole.
+def read_file(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path`; with a `limit`, at most `limit` + 1 of
+    them, so that a caller sees a file that is over it (or grew past it) without reading
+    it whole.
 
     A named pipe, a socket or a device raises NotAFileError (an OSError): reading one
     could wait for a writer forever (a pipe) or never end (/dev/zero). The file is opened
-    without blocking, then checked, so a pipe never holds the open up."""
+    without blocking, then checked, so a pipe never holds the open up. A folder raises
+    IsADirectoryError, as open() does."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with open(fd, "rb") as handle:
+    try:
         mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):
             raise NotAFileError(0, f"it is {special_kind(mode)}, not a regular file", str(path))
-        return handle.read(limit + 1)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb") as handle:
+        return handle.read(-1 if limit is None else limit + 1)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from klingflow.errors import UsageError
-from klingflow.files import NotAFileError, read_file, write_atomically
+from klingflow.files import read_file, write_atomically
 from klingflow.plan import Plan
 from klingflow.spec.yamlload import describe_yaml_error
 
@@ -101,7 +101,7 @@ def read_lock(path: Path) -> Lock:
     except FileNotFoundError:
         return Lock({})
     except (OSError, UnicodeDecodeError) as exc:
-        why = exc.strerror if isinstance(exc, NotAFileError) else None
+        why = exc.strerror if isinstance(exc, OSError) else None
         raise _unreadable(path, why or str(exc)) from exc
     if len(raw) > MAX_BYTES:
         raise _unreadable(path, f"it is over {MAX_BYTES // 1024 // 1024} MB, far more than any "

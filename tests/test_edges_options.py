@@ -215,6 +215,18 @@ def test_a_lock_that_is_a_named_pipe_is_refused_without_waiting_for_a_writer(
                    "it, then run again\n")
 
 
+def test_a_lock_that_is_a_directory_says_so_without_a_file_descriptor(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said 'cannot read this lock file ([Errno 21] Is a directory: 3)'."""
+    path = _pipeline(isolated / "p")
+    lock = path.with_name(path.stem + ".lock.yaml")
+    lock.mkdir()
+    code, out, err = run_cli(["plan", str(path), "--sim"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (f"klingflow: {lock}: cannot read this lock file (Is a directory); it was "
+                   "left as it is. Fix it (a merge conflict?) or delete it, then run again\n")
+
+
 @pytest.mark.parametrize("account", ["bad", "bad:3", "a@b.c:0", "a@b.c:51", "a b@c.d:2", ":2"])
 def test_a_sim_account_that_is_no_email_with_a_job_limit_is_a_usage_error(
         capsys: pytest.CaptureFixture[str], account: str) -> None:
