@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from klingflow.errors import KlingflowError, UsageError
-from klingflow.files import write_atomically
+from klingflow.files import read_text_file, write_atomically
 
 if TYPE_CHECKING:  # validation needs the records, not the HTTP client
     from klingflow.client import KlingClient
@@ -177,7 +177,7 @@ def keep_catalogue(root: Path, catalogue: Catalogue) -> Path:
 def load_catalogue(root: Path, backend: str, account: str | None) -> Catalogue | None:
     """The kept catalogue of `backend` and `account`; None if none is kept (or it is unreadable)."""
     try:
-        data = json.loads(catalogue_path(root, backend, account).read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(catalogue_path(root, backend, account)))
         effects = tuple(EffectEntry(e["name"], e.get("caption", ""), tuple(e["modes"]),
                                     bool(e["prompt"]), bool(e["supported"]))
                         for e in data["effects"])

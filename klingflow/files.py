@@ -108,3 +108,9 @@ def read_file(path: Path, limit: int | None = None) -> bytes:
         raise
     with open(fd, "rb") as handle:
         return handle.read(-1 if limit is None else limit + 1)
+
+
+def read_text_file(path: Path) -> str:
+    """The UTF-8 text of the regular file at `path` (see read_file: a named pipe or a
+    device raises NotAFileError, so a folder of klingflow's never hangs a command)."""
+    return read_file(path).decode("utf-8")

@@ -18,6 +18,7 @@ from typing import IO, Any
 import anyio
 
 from klingflow.errors import JournalError, UsageError
+from klingflow.files import read_file
 
 MAX_TAIL = 1 << 20  # a journal line is far shorter than this
 
@@ -183,7 +184,7 @@ class Journal:
 def read_events(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, event) for each line of the journal at `path`; none if it is absent."""
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except FileNotFoundError:
         return
     except OSError as exc:

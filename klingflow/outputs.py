@@ -21,7 +21,13 @@ import anyio.to_thread
 
 from klingflow import media
 from klingflow.cache import Cache
-from klingflow.files import canonical_hash, sha256_file, temporary_beside, write_atomically
+from klingflow.files import (
+    canonical_hash,
+    read_text_file,
+    sha256_file,
+    temporary_beside,
+    write_atomically,
+)
 from klingflow.interrupts import stop_signals
 from klingflow.run import StepResult
 from klingflow.seams import continues
@@ -184,7 +190,7 @@ def _record_path(cache: Cache, key: str) -> Path:
 def _lookup(cache: Cache, key: str) -> dict[str, Any] | None:
     """The cached film of `key`, when its record and its file are both there."""
     try:
-        record: dict[str, Any] = json.loads(_record_path(cache, key).read_text(encoding="utf-8"))
+        record: dict[str, Any] = json.loads(read_text_file(_record_path(cache, key)))
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or not {"sha256", "duration", "frames", "method"} <= set(record):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from klingflow import media
-from klingflow.files import write_atomically
+from klingflow.files import read_text_file, write_atomically
 from klingflow.run import OutputFile, StepResult
 from klingflow.spec.pipeline import Pipeline, Step, Template
 
@@ -94,7 +94,7 @@ def _difference(seam: Seam, results: Mapping[str, StepResult],
         else None
     if kept is not None:
         with contextlib.suppress(OSError, ValueError):
-            return float(kept.read_text(encoding="utf-8"))
+            return float(read_text_file(kept))
     return _measure(first, second, kept)
 
 

@@ -49,3 +49,43 @@ def test_read_file_reads_one_byte_past_its_limit_and_no_more(tmp_path: Path) -> 
     path.write_bytes(b"x" * 100)
     assert files.read_file(path, 10) == b"x" * 11
     assert files.read_file(path, 100) == b"x" * 100
+
+
+# ---- klingflow's own files replaced by a named pipe or a device (hostile test, round 2)
+# Each hung the command that read it (a pipe waits for a writer), or read /dev/zero until
+# memory ran out and ended as "unexpected error (a bug): MemoryError".
+
+
+@pytest.mark.timeout(20)
+def test_a_run_report_that_is_a_named_pipe_is_a_usage_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from klingflow.cli import main
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / "report.json")
+    assert main(["report", str(run_dir)]) == 2
+    assert capsys.readouterr().err == (f"klingflow: {run_dir / 'report.json'}: cannot be read: "
+                                       "it is a named pipe, not a regular file\n")
+
+
+def test_a_journal_that_is_a_device_is_a_journal_error(tmp_path: Path) -> None:
+    from klingflow.errors import JournalError
+    from klingflow.journal import read_events
+
+    journal = tmp_path / "journal.jsonl"
+    journal.symlink_to("/dev/zero")
+    with pytest.raises(JournalError) as raised:
+        list(read_events(journal))
+    assert str(raised.value) == (f"{journal}: cannot read it: it is a device, not a regular "
+                                 "file")
+
+
+@pytest.mark.timeout(20)
+def test_a_kept_catalogue_that_is_a_named_pipe_counts_as_none_kept(tmp_path: Path) -> None:
+    from klingflow.catalogue import catalogue_path, load_catalogue
+
+    kept = catalogue_path(tmp_path, "sim", None)
+    kept.parent.mkdir(parents=True)
+    os.mkfifo(kept)
+    assert load_catalogue(tmp_path, "sim", None) is None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from klingflow.files import temporary_beside, write_atomically
+from klingflow.files import read_text_file, temporary_beside, write_atomically
 
 CACHE_DIR_NAME = ".klingflow"
 UNUSABLE = "unusable-locked-tasks.json"
@@ -43,7 +43,7 @@ class Cache:
     def lookup(self, key: str) -> CacheEntry | None:
         path = self.root / "entries" / f"{key}.json"
         try:
-            entry = CacheEntry(**json.loads(path.read_text(encoding="utf-8")))
+            entry = CacheEntry(**json.loads(read_text_file(path)))
         except (OSError, ValueError, TypeError):  # gone, damaged, or not an entry's shape
             return None
         if not all(self.object_path(sha).exists() for sha in entry.outputs.values()):
@@ -84,7 +84,7 @@ class Cache:
         and tasks that failed at the service (recovery never adopts them). Read once."""
         if self._unusable is None:
             try:
-                data = json.loads((self.root / UNUSABLE).read_text(encoding="utf-8"))
+                data = json.loads(read_text_file(self.root / UNUSABLE))
             except (OSError, ValueError):
                 data = {}
             self._unusable = {int(task): str(why) for task, why in data.items()} \

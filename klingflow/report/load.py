@@ -13,6 +13,7 @@ from typing import Any
 import jsonschema
 
 from klingflow.errors import UsageError
+from klingflow.files import read_text_file
 from klingflow.schema_files import load_schema
 
 REPORT_NAME = "report.json"
@@ -34,12 +35,13 @@ def load_report(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise UsageError(f"{run_dir}: no such run directory")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_file(path)
     except FileNotFoundError:
         raise UsageError(f"{run_dir}: no {REPORT_NAME} there (a run writes it when it ends)") \
             from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot be read: {exc}") from exc
+        raise UsageError(f"{path}: cannot be read: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from exc
     try:
         report = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -7,7 +7,7 @@ import statistics
 from collections.abc import Mapping
 from pathlib import Path
 
-from klingflow.files import write_atomically
+from klingflow.files import read_text_file, write_atomically
 
 KEPT = 20  # observations per kind of task
 
@@ -45,7 +45,7 @@ class Durations:
 
 def _read(path: Path) -> dict[str, list[float]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_file(path))
     except (OSError, ValueError):
         return {}
     if not isinstance(data, Mapping):
