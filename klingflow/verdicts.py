@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from klingflow.cache import Cache, CacheEntry
-from klingflow.cache.inflight import InFlight
+from klingflow.cache.inflight import InFlight, UnreadableRecordError
 from klingflow.files import canonical_hash, file_hash
 from klingflow.lockfile import LockEntry
 from klingflow.plan import endpoint_of, request_body
@@ -118,7 +118,11 @@ def _verdict(judge: Judge, step: Step, found: Mapping[str, Verdict]) -> Verdict:
         if why is None:
             return Verdict(step.id, RESTORE, f"lock, task {locked.task_id}", key, locked=locked)
         return Verdict(step.id, WILL_RUN, why, key)
-    sent = judge.inflight(key) if judge.inflight is not None else None
+    try:
+        sent = judge.inflight(key) if judge.inflight is not None else None
+    except UnreadableRecordError as exc:
+        return Verdict(step.id, WILL_RUN, f"{exc}: a run stops at it rather than pay again",
+                       key)
     if sent is not None and sent.task_id is not None and sent.task_id not in judge.unusable:
         return Verdict(step.id, RE_ATTACH, f"task {sent.task_id}, paid before", key)
     if sent is not None and sent.task_id is None:

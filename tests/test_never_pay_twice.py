@@ -354,6 +354,35 @@ def test_a_task_re_attached_after_a_crash_is_planned_and_run_at_no_cost(
     assert_one_task_per_step(ledger(sim_url), report)
 
 
+def test_an_unreadable_in_flight_record_stops_the_step_instead_of_paying_again(
+        tmp_path: Path, sim_url: str) -> None:
+    """Records are not fsync'd: a power cut can leave one empty. It was read as "never
+    sent", and the next run paid for the step again without a word."""
+    path = make_project(tmp_path, "emptied", chain_steps(2))
+    env = cli_env(sim_url, tmp_path)
+    kill_after(start_run(path, env), "submitted", tmp_path / "runs")
+    killed = next((tmp_path / "runs" / "emptied").iterdir())
+    [record] = (tmp_path / "home" / "inflight").glob("*.json")
+    record.write_text("")
+    planned = plan_json(path, env)
+    assert planned["steps"][0]["cache"] == {
+        "verdict": "will run", "reason": f"{record} cannot be read (it is empty): a run stops "
+                                         "at it rather than pay again"}
+    code, report, err = finish(start_run(path, env))
+    assert code == 1, err
+    assert report is not None
+    assert (report["steps"][0]["error_category"], report["steps"][0]["error"]) == (
+        "inflight", f"{record} cannot be read (it is empty): an earlier POST of this request "
+        "may have created a task that is paid for. Run again with --resume RUN_DIR (the "
+        f"folder of the run that sent it) to re-attach to its task, or delete {record} to pay "
+        "for a new one")
+    assert len(ledger(sim_url)) == 1
+    code, report, err = finish(start_run(path, env, "--resume", str(killed)))
+    assert code == 0, err
+    assert report is not None
+    assert_one_task_per_step(ledger(sim_url), report)
+
+
 def test_slots_held_for_tasks_from_before_are_freed_when_the_cache_serves_them(
         tmp_path: Path, sim_url: str) -> None:
     steps = [{"id": f"s{i}", "kind": "frames", "image": "${inputs.hero}",

@@ -15,7 +15,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from klingflow.files import write_atomically
+from klingflow.files import read_text_file, write_atomically
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +32,15 @@ class InFlight:
     run_dir: str = ""  # where the run that sent it kept its journal (for messages)
 
 
+class UnreadableRecordError(Exception):
+    """An in-flight record that is there but cannot be read. It is not taken as "never
+    sent": its POST may have created a task that is paid for."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path} cannot be read ({why})")
+        self.path = path
+
+
 class InFlightRecords:
     def __init__(self, root: Path) -> None:
         self._dir = root / "inflight"
@@ -41,11 +50,20 @@ class InFlightRecords:
         return self._dir / f"{key}.json"
 
     def get(self, key: str) -> InFlight | None:
+        """The record of `key`'s POST; None if there is none. A record that is there but
+        cannot be read (empty or cut short: records are not fsync'd, so a power cut can
+        leave one so) raises UnreadableRecordError."""
+        path = self._path(key)
         try:
-            data = json.loads(self._path(key).read_text(encoding="utf-8"))
+            data = json.loads(read_text_file(path))
             return InFlight(**data)
-        except (OSError, ValueError, TypeError):
+        except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise UnreadableRecordError(path, exc.strerror or str(exc)) from exc
+        except (ValueError, TypeError) as exc:
+            why = "it is empty" if not path.stat().st_size else "it is not a record klingflow wrote"
+            raise UnreadableRecordError(path, why) from exc
 
     def sending(self, record: InFlight) -> None:
         """Before the POST. Written whole (a rename), not fsync'd: a killed process
@@ -55,7 +73,11 @@ class InFlightRecords:
                          durable=False)
 
     def created(self, key: str, task_id: int) -> None:
-        record = self.get(key)
+        """The task id, added to this run's own record (written just before)."""
+        try:
+            record = self.get(key)
+        except UnreadableRecordError:
+            return  # the run journal, synced, holds the task id too
         if record is not None:
             self.sending(replace(record, task_id=task_id))
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from klingflow.cache.claims import Lease
-from klingflow.cache.inflight import InFlight, InFlightRecords
+from klingflow.cache.inflight import InFlight, InFlightRecords, UnreadableRecordError
 from klingflow.client import KlingClient, Task
 from klingflow.errors import (
     ApiError,
@@ -94,7 +94,7 @@ class Submitter:
         (`lease`) learns the task before it is read."""
         found = await self._from_journal(step, result, key)
         if found is None:
-            found = await self._from_record(step, result, key, self._inflight.get(key))
+            found = await self._from_record(step, result, key, self._sent_before(key))
         if found is None and previous is not None:
             found = await self._from_record(step, result, key, previous)
         if found is None:
@@ -103,6 +103,19 @@ class Submitter:
         await _tell_claim(lease, step, lambda held: held.reattached(
             task_id, account=alias, email=email), created=task_id)
         return alias, await self._collector.get_task(step, task_id, email)
+
+    def _sent_before(self, key: str) -> InFlight | None:
+        """The cache's in-flight record of a POST of this request. One that cannot be read
+        stops the step: it may name a task that is paid for, and paying again on a guess
+        is what this module exists to prevent."""
+        try:
+            return self._inflight.get(key)
+        except UnreadableRecordError as exc:
+            raise StepFailed("inflight", f"{exc}: an earlier POST of this request may have "
+                             "created a task that is paid for. Run again with --resume "
+                             "RUN_DIR (the folder of the run that sent it) to re-attach to "
+                             f"its task, or delete {exc.path} to pay for a new one",
+                             unresolved=True) from exc
 
     async def _from_journal(self, step: Step, result: StepResult,
                             key: str) -> tuple[str | None, str | None, int] | None:
