@@ -105,8 +105,8 @@ def _verdict(judge: Judge, step: Step, found: Mapping[str, Verdict]) -> Verdict:
         return clip
 
     key, request = request_key(step, judge.pipeline, judge.backend, clip_hash)
-    if step.id in judge.forced:
-        return Verdict(step.id, WILL_RUN, "forced", key)
+    if step.id in judge.forced:  # not the cache nor the lock; a paid task still counts
+        return _in_flight(judge, step.id, key) or Verdict(step.id, WILL_RUN, "forced", key)
     entry = judge.cache.lookup(key)
     if entry is not None:
         return Verdict(step.id, CACHED, "", key, entry=entry)
@@ -118,17 +118,24 @@ def _verdict(judge: Judge, step: Step, found: Mapping[str, Verdict]) -> Verdict:
         if why is None:
             return Verdict(step.id, RESTORE, f"lock, task {locked.task_id}", key, locked=locked)
         return Verdict(step.id, WILL_RUN, why, key)
+    return _in_flight(judge, step.id, key) or \
+        Verdict(step.id, WILL_RUN, _why_not_free(request, locked, judge.cache), key)
+
+
+def _in_flight(judge: Judge, step_id: str, key: str) -> Verdict | None:
+    """What a run does with a POST of this request that an earlier run sent (its
+    in-flight record): re-attach to its paid task, or look for it first."""
     try:
         sent = judge.inflight(key) if judge.inflight is not None else None
     except UnreadableRecordError as exc:
-        return Verdict(step.id, WILL_RUN, f"{exc}: a run stops at it rather than pay again",
+        return Verdict(step_id, WILL_RUN, f"{exc}: a run stops at it rather than pay again",
                        key)
     if sent is not None and sent.task_id is not None and sent.task_id not in judge.unusable:
-        return Verdict(step.id, RE_ATTACH, f"task {sent.task_id}, paid before", key)
+        return Verdict(step_id, RE_ATTACH, f"task {sent.task_id}, paid before", key)
     if sent is not None and sent.task_id is None:
-        return Verdict(step.id, WILL_RUN, "sent before, its answer lost: the task it may have "
+        return Verdict(step_id, WILL_RUN, "sent before, its answer lost: the task it may have "
                                           "made is looked for first", key)
-    return Verdict(step.id, WILL_RUN, _why_not_free(request, locked, judge.cache), key)
+    return None
 
 
 def _referenced(step: Step) -> list[str]:

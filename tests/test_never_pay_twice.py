@@ -343,6 +343,8 @@ def test_a_task_re_attached_after_a_crash_is_planned_and_run_at_no_cost(
     text = subprocess.run([sys.executable, "-m", "klingflow", "plan", str(path)], env=env,
                           capture_output=True, text=True, timeout=60).stdout
     assert "  overall: 1 step, 20 credits (1 re-attached, at no cost)" in text.splitlines()
+    forced = plan_json(path, env, "--force-all")  # forced past the cache, not a paid task
+    assert [s["cache"]["verdict"] for s in forced["steps"]] == ["re-attach", "will run"]
     code, report, err = finish(start_run(path, env, "--budget", "20"))
     assert code == 0, err
     assert report is not None
