@@ -19,11 +19,17 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid() % 100000:05d}"
 
 
-def latest_run_dir(runs_root: Path, pipeline_name: str) -> Path | None:
-    base = runs_root / pipeline_name
+def latest_run_dir(runs_root: Path, owner: Owner) -> Path | None:
+    """The newest run directory under RUNS/NAME whose journal is this pipeline file's on
+    this backend: two files may share a `name:`, and a simulated run and a real one sit
+    side by side."""
+    base = runs_root / owner.name
     candidates = sorted(p for p in base.glob("*") if (p / "journal.jsonl").exists()) \
         if base.is_dir() else []
-    return candidates[-1] if candidates else None
+    for path in reversed(candidates):
+        if _mismatch(Journal.replay(path / "journal.jsonl"), owner) is None:
+            return path
+    return None
 
 
 @dataclass(slots=True)
@@ -61,7 +67,7 @@ def open_run_dir(runs_root: Path, owner: Owner, resume: str | None) -> RunDirect
     backend is refused before anything is sent, and so is one in use by another run.
     """
     if resume == "latest":
-        path = latest_run_dir(runs_root, owner.name)
+        path = latest_run_dir(runs_root, owner)
     elif resume is not None:
         path = Path(resume)
         if path.exists() and not path.is_dir():
@@ -104,14 +110,23 @@ def _hold(path: Path, resume: str | None) -> int:
 
 
 def _check_owner(path: Path, prior: JournalState, owner: Owner) -> None:
+    found = _mismatch(prior, owner)
+    if found is not None:
+        what, recorded, ours = found
+        raise UsageError(f"--resume {path}: that run directory belongs to {what} "
+                         f"{recorded}, not {ours}; nothing was sent. Resume it with its "
+                         "own pipeline, or start a new run without --resume")
+
+
+def _mismatch(prior: JournalState, owner: Owner) -> tuple[str, str, str] | None:
+    """(what, the journal's, ours) of the first of pipeline, file and backend that differ."""
     mine = (owner.name, str(real_path(owner.path)), owner.backend)
     theirs = (prior.pipeline, prior.pipeline_path, prior.backend)
     for what, ours, recorded in zip(("pipeline", "pipeline file", "backend"), mine, theirs,
                                     strict=True):
         if recorded is not None and recorded != ours:
-            raise UsageError(f"--resume {path}: that run directory belongs to {what} "
-                             f"{recorded}, not {ours}; nothing was sent. Resume it with its "
-                             "own pipeline, or start a new run without --resume")
+            return what, recorded, ours
+    return None
 
 
 def discard_run_dir(run_dir: Path) -> None:

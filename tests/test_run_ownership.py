@@ -73,6 +73,27 @@ def test_resuming_from_another_file_of_the_same_name_is_refused(
                           "was sent")
 
 
+def test_resume_latest_takes_the_latest_run_of_this_file_not_of_its_name(
+        isolated: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two files with one `name:`: a bare --resume of the first took the second's newer
+    run, and was refused as belonging to another file."""
+    first = write_pipeline(isolated / "first", "same", [frames_step("one", "a")])
+    second = write_pipeline(isolated / "second", "same", [frames_step("one", "b")])
+    runs = isolated / "runs"
+    with external_sim(monkeypatch, SimConfig(accounts=ACCOUNTS)) as sim:
+        assert run_cli(["run", str(first), "--out", str(runs), *FAST], capsys)[0] == 0
+        [first_dir] = (runs / "same").iterdir()
+        time.sleep(1.1)  # run ids are by the second
+        assert run_cli(["run", str(second), "--out", str(runs), *FAST], capsys)[0] == 0
+        code, out, err = run_cli(["run", str(first), "--out", str(runs), "--resume", *FAST],
+                                 capsys)
+        assert code == 0, err
+        assert len(list((runs / "same").iterdir())) == 2  # resumed, not a third run
+        assert f"report: {first_dir / 'report.json'}" in out  # the first file's own run
+        assert len(sim.ledger()) == 2
+
+
 def test_a_run_directory_in_use_by_another_run_is_refused(isolated: Path) -> None:
     path = write_pipeline(isolated / "p", "busy", [frames_step("slow", "a long shot")])
     env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT)}
