@@ -385,6 +385,25 @@ def test_an_unreadable_in_flight_record_stops_the_step_instead_of_paying_again(
     assert_one_task_per_step(ledger(sim_url), report)
 
 
+def test_resuming_a_killed_forced_run_collects_the_task_it_paid_for(
+        tmp_path: Path, sim_url: str) -> None:
+    """The resume has no --force, and the cache holds the step's earlier result: it took
+    that, and the regeneration paid for before the kill was never collected."""
+    path = make_project(tmp_path, "forced", chain_steps(1))
+    env = cli_env(sim_url, tmp_path)
+    assert finish(start_run(path, env))[0] == 0
+    shutil.rmtree(tmp_path / "runs")  # so that the kill below watches the forced run
+    kill_after(start_run(path, env, "--force-all"), "submitted", tmp_path / "runs")
+    _, regenerated = (entry["task_id"] for entry in ledger(sim_url))
+    code, report, err = finish(start_run(path, env, "--resume"))
+    assert code == 0, err
+    assert report is not None
+    assert (report["steps"][0]["status"], report["steps"][0]["task_id"]) == (
+        "succeeded", regenerated)
+    assert report["totals"]["credits_charged"] == 0  # paid before the kill
+    assert len(ledger(sim_url)) == 2
+
+
 def test_slots_held_for_tasks_from_before_are_freed_when_the_cache_serves_them(
         tmp_path: Path, sim_url: str) -> None:
     steps = [{"id": f"s{i}", "kind": "frames", "image": "${inputs.hero}",

@@ -208,8 +208,8 @@ class Executor:
             return
         claim = await self._claim(key)
         try:
-            if step.id not in self.options.force and \
-                    await self._serve(planned, result, key, request):
+            if step.id not in self.options.force and not self._resume.owes(step.id, key) \
+                    and await self._serve(planned, result, key, request):
                 return
             paid = await self._payer.pay(planned, result, request, kept=lambda: self._paid(
                 result))

@@ -31,6 +31,14 @@ class Resume:
                  if done.get("event") == "succeeded"}
         return paid
 
+    def owes(self, step_id: str, key: str) -> bool:
+        """Whether this run directory paid for a task of this request and has not collected
+        it. A resume collects it, even when the cache could serve the step: a paid result
+        is not dropped (after `--force`, the cache's copy is what it was paid to replace)."""
+        sub = self.prior.submissions.get(step_id)
+        return sub is not None and sub.key == key and sub.task_id is not None and \
+            step_id not in self.prior.finished
+
     def owned_tasks(self) -> set[int]:
         """Task ids this run directory already owns: recovery must never adopt them again.
         Every task a step of its journal had counts (charged, re-attached, or taken over
