@@ -128,6 +128,28 @@ def test_a_checkout_with_only_the_pipeline_its_lock_and_images_pays_nothing(
         assert sha256(clip) == steps[step["id"]]["outputs"]["video"]
 
 
+def test_a_locked_task_of_an_account_this_token_lacks_is_paid_for_once_not_retried(
+        tmp_path: Path, service: str) -> None:
+    """A teammate's lock names a task of their own Kling account: reading it is refused
+    (HTTP 400), every time. The step failed with 'run again to restore it at no cost',
+    on every run; it is paid for here instead, as a task that is gone is."""
+    first = machine(tmp_path, "author")
+    run(first, env(first, service))
+    teammate = machine(tmp_path, "teammate", first)
+    lock_file = teammate.with_name("film.lock.yaml")
+    lock = yaml.safe_load(lock_file.read_text())
+    locked = lock["backends"][f"api:{service}"]["s2"]
+    locked["email"] = "other@example.com"
+    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
+    report, err = run(teammate, env(teammate, service))
+    assert [s["served_by"] for s in report["steps"]] == ["lock", "lock", None]
+    assert report["totals"]["tasks_created"] == 1
+    assert f"s2 lock: not restored: locked task {locked['task_id']} cannot be read here (" \
+        in err
+    again, _ = run(teammate, env(teammate, service))  # the new task is cached now
+    assert again["totals"]["tasks_created"] == 0
+
+
 def test_a_locked_task_that_is_gone_is_paid_for_and_the_plan_says_why(
         tmp_path: Path, service: str) -> None:
     first = machine(tmp_path, "author")

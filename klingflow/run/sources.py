@@ -90,6 +90,9 @@ class Sources:
         except StepFailed as failed:
             if failed.category == "not_found":
                 return self._unusable(step, locked, f"locked task {task_id} is gone")
+            if failed.category == "bad_request":  # a lock made with an account not ours
+                return self._unusable(step, locked, f"locked task {task_id} cannot be read "
+                                                    f"here ({failed.__cause__ or failed})")
             cause = failed.__cause__ or failed
             raise StepFailed(failed.category, f"locked task {task_id} could not be restored "
                              f"({cause}); run again to restore it at no cost") from failed
