@@ -55,14 +55,16 @@ class InFlightRecords:
         leave one so) raises UnreadableRecordError."""
         path = self._path(key)
         try:
-            data = json.loads(read_text_file(path))
-            return InFlight(**data)
+            text = read_text_file(path)
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise UnreadableRecordError(path, exc.strerror or str(exc)) from exc
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            raise UnreadableRecordError(path, getattr(exc, "strerror", None) or str(exc)) \
+                from exc
+        try:
+            return InFlight(**json.loads(text))
         except (ValueError, TypeError) as exc:
-            why = "it is empty" if not path.stat().st_size else "it is not a record klingflow wrote"
+            why = "it is not a record klingflow wrote" if text.strip() else "it is empty"
             raise UnreadableRecordError(path, why) from exc
 
     def sending(self, record: InFlight) -> None:
