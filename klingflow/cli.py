@@ -201,10 +201,15 @@ def _add_remote_options(p: argparse.ArgumentParser) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from klingflow.report import format_report
     from klingflow.report.html import write_html
-    from klingflow.report.load import find_run_dir, load_report
+    from klingflow.report.load import REPORT_NAME, find_run_dir, load_report, unreported_newer
 
     run_dir = Path(args.run_dir) if args.run_dir else find_run_dir(Path(args.out))
     report = load_report(run_dir)
+    newer = None if args.run_dir else unreported_newer(Path(args.out), run_dir)
+    if newer is not None:
+        print(f"klingflow: note: {newer} is newer, but has no {REPORT_NAME} yet: it is still "
+              "running, or was stopped before it ended (continue it with run --resume); "
+              f"this is the newest report, {run_dir}", file=sys.stderr)
     try:
         page = write_html(report, run_dir) if args.format == "html" or args.open else None
     except OSError as exc:

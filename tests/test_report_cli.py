@@ -91,6 +91,25 @@ def test_a_finished_run_is_shown_again_from_its_files(
     assert opened == [page.resolve().as_uri()]
 
 
+def test_the_latest_report_says_when_a_newer_run_has_none(
+        isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run killed before it ended writes no report: `report` showed the one before it,
+    and did not say so."""
+    runs = isolated / "runs"
+    code, run_out, err = run_cli(["run", str(_film_pipeline(isolated / "p", "lake")), "--sim",
+                                  *FAST, "--out", str(runs)], capsys)
+    assert code == 0, err
+    shown = only_run_dir(runs, "lake")
+    killed = runs / "lake" / "29991231-235959-00001"
+    killed.mkdir()
+    (killed / "journal.jsonl").write_text('{"event": "run"}\n', encoding="utf-8")
+    assert run_cli(["report", "--out", str(runs)], capsys) == (0, run_out, (
+        f"klingflow: note: {killed} is newer, but has no report.json yet: it is still "
+        "running, or was stopped before it ended (continue it with run --resume); this is "
+        f"the newest report, {shown}\n"))
+    assert run_cli(["report", str(shown)], capsys) == (0, run_out, "")  # named: no note
+
+
 def test_the_latest_run_is_the_newest_of_any_pipeline(tmp_path: Path) -> None:
     for name, run_id in (("b", "20261129-100000-00001"), ("a", "20261129-110000-00002"),
                          ("a", "20261128-120000-00003")):

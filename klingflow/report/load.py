@@ -29,6 +29,14 @@ def find_run_dir(runs_root: Path) -> Path:
     return max(found, key=lambda d: (d.name, (d / REPORT_NAME).stat().st_mtime))
 
 
+def unreported_newer(runs_root: Path, run_dir: Path) -> Path | None:
+    """The newest run directory under `runs_root` started after `run_dir` that has a
+    journal but no report: a run still running, or killed before it ended."""
+    newer = [p.parent for p in runs_root.glob("*/*/journal.jsonl")
+             if p.parent.name > run_dir.name and not (p.parent / REPORT_NAME).exists()]
+    return max(newer, key=lambda d: d.name) if newer else None
+
+
 def load_report(run_dir: Path) -> dict[str, Any]:
     """The run's report.json, checked against the report schema."""
     path = run_dir / REPORT_NAME
