@@ -52,11 +52,11 @@ KlingClient.upload_asset = upload_asset
 
 
 def _start(isolated: Path, argv: list[str], patch: str = "",
-           env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT),
-           **(env or {})}
-    if "USEAPI_TOKEN" not in (env or {}):
-        env.pop("USEAPI_TOKEN", None)
+           extra_env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The child gets no token of the shell's, only one `extra_env` gives it."""
+    env = {**os.environ, "KLINGFLOW_HOME": str(isolated / "home"), "PYTHONPATH": str(ROOT)}
+    env.pop("USEAPI_TOKEN", None)
+    env.update(extra_env or {})
     process = subprocess.Popen(
         [sys.executable, "-c", DRIVER.format(patch=patch), *argv], cwd=isolated, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -181,8 +181,8 @@ def test_sigterm_while_waiting_for_the_service_ends_as_ctrl_c_does(isolated: Pat
     waits up to --connect-timeout for it), SIGTERM (a CI job cancelled) is Ctrl-C."""
     path = _pipeline(isolated / "p")
     process = _start(isolated, ["run", str(path), "--out", str(isolated / "runs")],
-                     env={"USEAPI_TOKEN": "user:1-sigterm",
-                          "KLINGFLOW_API_BASE": "http://127.0.0.1:9/v1/kling"})
+                     extra_env={"USEAPI_TOKEN": "user:1-sigterm",
+                                "KLINGFLOW_API_BASE": "http://127.0.0.1:9/v1/kling"})
     assert process.stderr is not None
     first = process.stderr.readline()
     assert "waiting: cannot reach http://127.0.0.1:9/v1/kling" in first, first
