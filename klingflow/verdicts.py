@@ -20,16 +20,16 @@ from klingflow.cache import Cache, CacheEntry
 from klingflow.cache.inflight import InFlight, UnreadableRecordError
 from klingflow.files import canonical_hash, file_hash
 from klingflow.lockfile import LockEntry
-from klingflow.plan import endpoint_of, request_body
+from klingflow.plan import CACHED, RE_ATTACH, RESTORE, endpoint_of, request_body
 from klingflow.spec.pipeline import Pipeline, Ref, Step, Template
 
 ClipHash = Callable[[str], str]  # step id -> the SHA-256 of its clip
 
-CACHED = "cached"  # the local cache holds it
-RESTORE = "restore"  # the remote cache holds it, or the lock names its (still held) task
-RE_ATTACH = "re-attach"  # an earlier run's POST made its task, paid and not yet collected
+# CACHED: the local cache holds it. RESTORE: the remote cache holds it, or the lock names
+# its (still held) task. RE_ATTACH: an earlier run's POST made its task, paid and not yet
+# collected. The plan shows them (plan.py names them).
 WILL_RUN = "will run"
-FREE = (CACHED, RESTORE)
+FREE = (CACHED, RESTORE)  # the step's clip is known without paying
 
 
 def request_key(step: Step, pipeline: Pipeline, backend: str,
